@@ -7,6 +7,8 @@ Public API::
     ImageDataset, Splits          in-memory containers
     DatasetError                  one clear error per missing / malformed data file
     augment(images, generator=)   batched random crop + horizontal flip
+    random_resized_crop(...)      batched Inception-style random resized crop
+    rand_augment(...)             batched RandAugment(N, M) (14 ops, tensor code)
     synthetic_tokens(...)         token batches from a mixture of subspaces
     synthetic_images(...)         the "synthetic" dataset together with its class bases
 
@@ -22,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from .augment import augment
+from .randaugment import OPS as RANDAUGMENT_OPS
+from .randaugment import rand_augment, random_resized_crop
 from .base import DatasetError, ImageDataset, Splits
 from .cifar import load_cifar
 from .digits import load_digits_splits
@@ -32,10 +36,13 @@ __all__ = [
     "DATA_ENV_VAR",
     "DatasetError",
     "ImageDataset",
+    "RANDAUGMENT_OPS",
     "Splits",
     "augment",
     "load_dataset",
     "load_dataset_cached",
+    "rand_augment",
+    "random_resized_crop",
     "resolve_data_dir",
     "synthetic_images",
     "synthetic_tokens",
