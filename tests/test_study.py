@@ -71,7 +71,7 @@ def test_presets():
     assert set(paper.axes) == {"variant", "batch_size", "lr", "dim", "dropout"}
     cfg = paper.train_config(paper.points()[0])
     assert cfg.model == "crate-c-tiny" and cfg.model_options["depth"] == 12 and cfg.model_options["heads"] == 6
-    assert cfg.optimizer == "adam" and cfg.augment is False and cfg.target_ce == 0.01
+    assert cfg.optimizer == "adam" and cfg.augment == "none" and cfg.target_ce == 0.01
 
 
 @pytest.mark.parametrize("edit, match", [

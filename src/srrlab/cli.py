@@ -68,6 +68,7 @@ _TRAIN_FLAGS = {  # flag -> TrainConfig field
     "seed": "seed", "device": "device", "eval_batch_size": "eval_batch_size",
     "srr_every": "srr_every", "srr_images": "srr_images", "srr_eps": "srr_eps", "srr_lam": "srr_lam",
     "srr_reg": "srr_reg", "srr_layers": "srr_layers", "srr_l1": "srr_l1",
+    "randaugment_ops": "randaugment_ops", "randaugment_magnitude": "randaugment_magnitude",
 }
 
 
@@ -88,7 +89,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, resume, train
 
     if args.resume:
-        given = [f for f in _TRAIN_FLAGS if f in vars(args)] + (["set"] if args.set else [])
+        given = [f for f in _TRAIN_FLAGS if f in vars(args)] + (["set"] if args.set else []) \
+            + (["augment"] if args.augment else [])
         if given or args.out:
             raise ValueError(
                 "--resume continues a run with its saved configuration; do not combine it with "
@@ -100,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if options.get("data_dir") is None and os.environ.get("SRRLAB_DATA"):
             options["data_dir"] = os.environ["SRRLAB_DATA"]
         if args.augment:
-            options["augment"] = True
+            options["augment"] = args.augment
         if args.amp:
             options["amp"] = True
         options["model_options"] = _key_values(args.set, "--set")
@@ -198,6 +200,41 @@ def _study_report(directory: str) -> dict[str, Any]:
             "sentence": srr_led(corr)[1] if corr is not None else ""}
 
 
+# -- regularize -------------------------------------------------------------------------
+def _print_regularize(report: dict[str, Any]) -> None:
+    import pandas as pd
+
+    table = report["table"]
+    if not table.empty:
+        with pd.option_context("display.max_columns", None, "display.width", 200):
+            print("test accuracy (%), mean ± std over seeds")
+            print(table.to_string())
+        print()
+    for sentence in report["sentences"]:
+        print(f"- {sentence}")
+    print(f"report  {report['path']}")
+
+
+def cmd_regularize_run(args: argparse.Namespace) -> int:
+    from .study import run_regularize
+
+    t0 = time.perf_counter()
+    report = run_regularize(args.spec, args.dir, workers=args.workers, scheduler=args.scheduler, threads=args.threads,
+                            extend=args.extend, progress=False if args.quiet else None)
+    counts = report["runs"]["status"].value_counts().to_dict()
+    print(f"experiment {args.dir}: {len(report['runs'])} runs; "
+          + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f"; this call took {time.perf_counter() - t0:.0f} s")
+    _print_regularize(report)
+    return 0
+
+
+def cmd_regularize_report(args: argparse.Namespace) -> int:
+    from .study import report_regularize
+
+    _print_regularize(report_regularize(args.dir))
+    return 0
+
+
 # -- demo -------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     from .study import load_spec, run_study
@@ -267,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .data import DATASETS
     from .models import SIZES, VARIANTS
-    from .train import TrainConfig
+    from .train import AUGMENTATIONS, TrainConfig
 
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(prog="srrlab", description="Sparse Rate Reduction in CRATE-like models.")
@@ -291,7 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder with the CIFAR archives (default: $SRRLAB_DATA)")
     p.add_argument("--data-seed", type=int, help=f"split seed of digits (default {defaults.data_seed})")
     p.add_argument("--data-option", action="append", metavar="KEY=VALUE", default=[], help="dataset option (e.g. synthetic sizes)")
-    p.add_argument("--augment", action="store_true", default=False, help="random crop with padding + horizontal flip")
+    p.add_argument("--augment", nargs="?", const="crop-flip", default=None, choices=list(AUGMENTATIONS),
+                   help="crop-flip (the default when given alone): random crop with padding + horizontal flip; "
+                        "randaugment: random resized crop + flip + RandAugment(N, M); none")
+    p.add_argument("--randaugment-ops", type=int, help=f"N of RandAugment(N, M) (default {defaults.randaugment_ops})")
+    p.add_argument("--randaugment-magnitude", type=int,
+                   help=f"M of RandAugment(N, M), 0..30 (default {defaults.randaugment_magnitude})")
     p.add_argument("--optimizer", choices=["adam", "adamw"], help=f"default {defaults.optimizer}")
     p.add_argument("--lr", type=float, help=f"peak learning rate (default {defaults.lr})")
     p.add_argument("--weight-decay", type=float, help=f"default {defaults.weight_decay}")
@@ -351,6 +393,25 @@ def build_parser() -> argparse.ArgumentParser:
     q = ssub.add_parser("report", help="write report.md, figures, runs.parquet/csv and correlation.csv into DIR")
     q.add_argument("dir", metavar="DIR")
     q.set_defaults(func=cmd_study_report)
+
+    p = sub.add_parser("regularize", help="the SRR regularisation experiment: variants x {CE, CE+SRR} x seeds "
+                                          "(Tables 2/6)")
+    ssub = p.add_subparsers(dest="regularize_command", required=True, metavar="REGULARIZE_COMMAND")
+    q = ssub.add_parser("run", help="train every run of SPEC (resumable), then write the report",
+                        description="Train every run of SPEC (a preset: demo, paper; or a TOML file whose grid holds "
+                                    "CE runs, srr_reg = 0, and regularised runs, srr_reg > 0), then write "
+                                    "regularize.md, regularize.png and CSVs into --dir. Rerunning continues.")
+    q.add_argument("spec", metavar="SPEC", help="a preset (demo, paper) or a TOML file")
+    q.add_argument("--dir", required=True, help="experiment folder (database, run folders, report)")
+    q.add_argument("--workers", type=int, default=0, help="local Dask worker processes (default 0: sequential)")
+    q.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://127.0.0.1:8786")
+    q.add_argument("--threads", type=int, help="torch threads per run (default: cores // workers)")
+    q.add_argument("--extend", action="store_true", help="accept a spec that adds grid values to the experiment")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_regularize_run)
+    q = ssub.add_parser("report", help="write the report of the experiment in DIR (finished or not)")
+    q.add_argument("dir", metavar="DIR")
+    q.set_defaults(func=cmd_regularize_report)
 
     p = sub.add_parser("demo", help="run the demo generalisation study on the embedded digits dataset and report")
     p.add_argument("--out", help="study folder (default runs/demo-study; rerunning continues it)")

@@ -72,7 +72,7 @@ def _execute(spec_source: str, point: dict[str, Any], run_dir: str) -> dict[str,
         summary = read_json(folder / "summary.json")
         status = STATUS_OF_RUN[result.status]
         measures = None
-        if status != "diverged":
+        if status != "diverged" and spec.measures:
             settings = MeasureSettings.from_dict(spec.measure_settings)
             model = load_run(folder, "final")
             init = load_run(folder, "init")

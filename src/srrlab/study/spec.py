@@ -23,17 +23,21 @@ from ..measures import MEASURES, MeasureSettings
 from ..models import SIZES, VARIANTS, CRATEConfig
 from ..train import TrainConfig
 
-__all__ = ["StudySpec", "SpecError", "PRESETS", "load_spec", "point_id"]
+__all__ = ["StudySpec", "SpecError", "PRESETS", "load_spec", "point_id", "group_label"]
 
 #: Presets shipped in the package (``srrlab/study/presets/<name>.toml``).
 PRESETS = ("demo", "paper")
+#: Preset file names per kind of experiment.
+PRESET_FILES = {"study": "{name}.toml", "regularize": "regularize-{name}.toml"}
 
 _TOP = {"name", "dataset", "data_dir", "data_seed", "data_options", "fixed", "grid", "measures"}
 _TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} - {
     "model", "model_options", "dataset", "data_dir", "data_seed", "data_options"}
 _MODEL_KEYS = {f.name for f in dataclasses.fields(CRATEConfig)} - {"variant"}
-_SPECIAL = {"model", "variant", "size"}
+_SPECIAL = {"model", "variant", "size", "dataset"}
 SETTING_KEYS = _TRAIN_KEYS | _MODEL_KEYS | _SPECIAL
+#: Optional settings that the string "none" unsets (TOML has no null).
+_NULLABLE = {"target_ce", "srr_eps", "srr_images", "eps", "temperature"}
 
 
 class SpecError(ValueError):
@@ -52,11 +56,14 @@ class StudySpec:
     Setting keys are :class:`~srrlab.train.TrainConfig` fields (``lr``, ``batch_size``,
     ``epochs``, ``target_ce``, ``optimizer``, ``seed``, …), :class:`~srrlab.models.CRATEConfig`
     fields (``dim``, ``depth``, ``heads``, ``dropout``, …), and ``model`` (a full name such as
-    ``crate-t-digits``) or ``variant`` + ``size`` (``model = f"{variant}-{size}"``).
+    ``crate-t-digits``) or ``variant`` + ``size`` (``model = f"{variant}-{size}"``), and
+    ``dataset`` (top level, fixed, or an axis). A *grouped axis* has tables as values, each setting
+    several settings together (e.g. ``arm = [{name = "CE", srr_reg = 0.0}, {name = "CE+SRR",
+    srr_reg = 0.001, srr_layers = "last"}]``); its ``hp.<axis>`` column holds the tables' names.
     """
 
     name: str
-    dataset: str
+    dataset: str  # "" when the dataset is a setting (fixed or a grid axis)
     fixed: dict[str, Any]
     grid: dict[str, list[Any]]
     measures: list[str]
@@ -82,25 +89,36 @@ class StudySpec:
         unknown = sorted(set(d) - _TOP)
         if unknown:
             raise SpecError(f"unknown top-level key {unknown[0]!r}; valid keys: {', '.join(sorted(_TOP))}")
-        for key in ("name", "dataset"):
-            if not isinstance(d.get(key), str):
-                raise SpecError(f"key {key!r} is required and must be a string")
-        if d["dataset"] not in DATASETS:
-            raise SpecError(f"key 'dataset': {d['dataset']!r} is not one of {', '.join(DATASETS)}")
+        if not isinstance(d.get("name"), str):
+            raise SpecError("key 'name' is required and must be a string")
         fixed = dict(d.get("fixed", {}))
         grid = dict(d.get("grid", {}))
         if not isinstance(fixed, dict):
             raise SpecError("key 'fixed' must be a table of settings")
+        given = [k for k in ("dataset",) if k in fixed or k in grid]
+        if "dataset" in d and given:
+            raise SpecError("'dataset' is given both at the top level and as a setting; keep one")
+        if "dataset" not in d and not given:
+            raise SpecError("key 'dataset' is required: a string at the top level, or a fixed setting or "
+                            "grid axis (e.g. dataset = [\"cifar10\", \"cifar100\"] under [grid])")
+        if "dataset" in d and not isinstance(d["dataset"], str):
+            raise SpecError("key 'dataset' must be a string")
+        if "dataset" in d and d["dataset"] not in DATASETS:
+            raise SpecError(f"key 'dataset': {d['dataset']!r} is not one of {', '.join(DATASETS)}")
         for axis, values in grid.items():
             if not isinstance(values, list) or not values:
                 raise SpecError(f"grid axis {axis!r} must be a non-empty list of values")
             if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
                 raise SpecError(f"grid axis {axis!r} repeats a value: {values}")
-        for key in [*fixed, *grid]:
+        grouped = {a for a, values in grid.items() if all(isinstance(v, dict) for v in values)}
+        for axis in grouped:
+            _check_grouped_axis(axis, grid[axis], fixed, {a for a in grid if a != axis})
+        for key in [*fixed, *(a for a in grid if a not in grouped)]:
             if key not in SETTING_KEYS:
-                raise SpecError(f"unknown setting {key!r}; valid settings: model or variant + size, "
+                raise SpecError(f"unknown setting {key!r}; valid settings: model or variant + size, dataset, "
                                 f"training options ({', '.join(sorted(_TRAIN_KEYS))}), "
-                                f"model options ({', '.join(sorted(_MODEL_KEYS))})")
+                                f"model options ({', '.join(sorted(_MODEL_KEYS))}); "
+                                "or a grouped axis whose values are tables of settings")
         both = sorted(set(fixed) & set(grid))
         if both:
             raise SpecError(f"setting {both[0]!r} is both fixed and a grid axis; keep one")
@@ -122,7 +140,7 @@ class StudySpec:
             MeasureSettings.from_dict(settings)
         except ValueError as exc:
             raise SpecError(f"key 'measures.settings': {exc}") from None
-        spec = cls(name=d["name"], dataset=d["dataset"], fixed=fixed, grid=grid, measures=names,
+        spec = cls(name=d["name"], dataset=d.get("dataset", ""), fixed=fixed, grid=grid, measures=names,
                    measure_settings=settings, data_dir=d.get("data_dir"), data_seed=int(d.get("data_seed", 0)),
                    data_options=dict(d.get("data_options", {})))
         for point in spec.points():
@@ -135,14 +153,38 @@ class StudySpec:
         """Grid axes that take at least two values (the axes of the correlation analysis)."""
         return [a for a, v in self.grid.items() if len(v) >= 2]
 
+    @property
+    def grouped_axes(self) -> list[str]:
+        """Axes whose values are tables of settings (each sets several settings at once)."""
+        return [a for a, values in self.grid.items() if all(isinstance(v, dict) for v in values)]
+
+    @property
+    def datasets(self) -> list[str]:
+        """The dataset(s) of the study: the top-level one, or the values of the ``dataset`` setting."""
+        if self.dataset:
+            return [self.dataset]
+        if "dataset" in self.fixed:
+            return [self.fixed["dataset"]]
+        return list(self.grid["dataset"])
+
     def points(self) -> list[dict[str, Any]]:
         """Every grid point, in the order of the Cartesian product of the axes as written."""
         axes = list(self.grid)
         return [dict(zip(axes, values)) for values in itertools.product(*(self.grid[a] for a in axes))]
 
     def settings(self, point: dict[str, Any]) -> dict[str, Any]:
-        """``fixed`` overridden by the point, with ``model`` resolved from ``variant``/``size``."""
-        s = {**self.fixed, **point}
+        """``fixed`` overridden by the point, with ``model`` resolved from ``variant``/``size``, ``dataset``
+        filled in, and each grouped axis replaced by its settings plus its label (``point[axis]["name"]``)."""
+        s = {**self.fixed}
+        for key, value in point.items():
+            if isinstance(value, dict):
+                s.update({k: v for k, v in value.items() if k != "name"})
+                s[key] = group_label(value)
+            else:
+                s[key] = value
+        s.setdefault("dataset", self.dataset)
+        if s["dataset"] not in DATASETS:
+            raise SpecError(f"setting 'dataset': {s['dataset']!r} is not one of {', '.join(DATASETS)}")
         if "model" in s and ("variant" in s or "size" in s):
             raise SpecError("give either 'model' or 'variant' + 'size', not both")
         if "model" not in s:
@@ -157,10 +199,12 @@ class StudySpec:
 
     def train_config(self, point: dict[str, Any]) -> TrainConfig:
         s = self.settings(point)
+        # TOML has no null: the string "none" unsets an optional setting (target_ce = "none": fixed epochs)
+        s = {k: None if k in _NULLABLE and isinstance(v, str) and v.lower() == "none" else v for k, v in s.items()}
         train = {k: v for k, v in s.items() if k in _TRAIN_KEYS}
         model_options = {k: v for k, v in s.items() if k in _MODEL_KEYS}
         try:
-            cfg = TrainConfig(model=s["model"], model_options=model_options, dataset=self.dataset,
+            cfg = TrainConfig(model=s["model"], model_options=model_options, dataset=s["dataset"],
                               data_dir=self.data_dir, data_seed=self.data_seed, data_options=self.data_options, **train)
             from ..models import model_config
 
@@ -180,13 +224,47 @@ class StudySpec:
         return dataclasses.asdict(self)
 
 
-def load_spec(spec: str | os.PathLike) -> StudySpec:
-    """A preset name (``demo``, ``paper``) or the path of a TOML file."""
+def group_label(value: dict[str, Any]) -> str:
+    """The label of a grouped-axis value: its ``name``, else ``key=value`` pairs."""
+    if "name" in value:
+        return str(value["name"])
+    return ", ".join(f"{k}={v}" for k, v in sorted(value.items()))
+
+
+def _check_grouped_axis(axis: str, values: list[dict[str, Any]], fixed: dict[str, Any], others: set[str]) -> None:
+    if axis in SETTING_KEYS:
+        raise SpecError(f"grid axis {axis!r} is a setting; its values must be plain values, not tables "
+                        "(give a grouped axis a name that is not a setting, e.g. 'arm')")
+    labels = []
+    for value in values:
+        for key in value:
+            if key == "name":
+                if not isinstance(value[key], str):
+                    raise SpecError(f"grid axis {axis!r}: 'name' must be a string, got {value[key]!r}")
+                continue
+            if key not in SETTING_KEYS:
+                raise SpecError(f"grid axis {axis!r}: unknown setting {key!r} in {value}; a grouped value "
+                                "sets study settings (training options, model options, dataset, model)")
+            if key in fixed or key in others:
+                raise SpecError(f"grid axis {axis!r} sets {key!r}, which is also "
+                                f"{'fixed' if key in fixed else 'a grid axis'}; keep one")
+        labels.append(group_label(value))
+    if len(set(labels)) != len(labels):
+        raise SpecError(f"grid axis {axis!r}: two values have the same name {labels}; names label the table rows")
+
+
+def load_spec(spec: str | os.PathLike, *, kind: str = "study") -> StudySpec:
+    """A preset name or the path of a TOML file. ``kind="study"``: the presets ``demo``, ``paper``
+    (``presets/<name>.toml``); ``kind="regularize"``: the regularisation experiment's presets
+    ``demo``, ``paper`` (``presets/regularize-<name>.toml``)."""
+    if kind not in PRESET_FILES:
+        raise ValueError(f"kind must be one of {', '.join(PRESET_FILES)}, got {kind!r}")
     text_name = os.fspath(spec)
     if text_name in PRESETS:
-        text = resources.files("srrlab.study").joinpath("presets", f"{text_name}.toml").read_text(encoding="utf-8")
+        file = PRESET_FILES[kind].format(name=text_name)
+        text = resources.files("srrlab.study").joinpath("presets", file).read_text(encoding="utf-8")
         return StudySpec.from_toml(text, f"preset {text_name}")
     path = Path(text_name)
     if not path.is_file():
-        raise SpecError(f"study spec {text_name!r} is neither a preset ({', '.join(PRESETS)}) nor a TOML file")
+        raise SpecError(f"{kind} spec {text_name!r} is neither a preset ({', '.join(PRESETS)}) nor a TOML file")
     return StudySpec.from_toml(path.read_text(encoding="utf-8"), str(path))

@@ -37,16 +37,19 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..data import ImageDataset, Splits, augment, load_dataset
+from ..data import ImageDataset, Splits, augment, load_dataset, rand_augment, random_resized_crop
 from ..io import atomic_write, load_weights, read_json, read_jsonl, save_weights, write_json, write_jsonl
 from ..models import CRATE, create_model, model_config, parse_model_name
 
-__all__ = ["TrainConfig", "RunResult", "train", "resume", "load_run", "read_layerwise", "select_device", "STATUSES"]
+__all__ = ["TrainConfig", "RunResult", "train", "resume", "load_run", "read_layerwise", "select_device", "STATUSES",
+           "AUGMENTATIONS"]
 
 #: Final states of a run. ``converged``: the full-train-set cross-entropy reached ``target_ce``;
 #: ``not-converged``: the epoch limit came first; ``completed``: the epoch limit with no target;
 #: ``diverged``: a NaN/inf loss stopped the run.
 STATUSES = ("running", "converged", "not-converged", "completed", "diverged")
+#: Training-set augmentations (``TrainConfig.augment``).
+AUGMENTATIONS = ("none", "crop-flip", "randaugment")
 
 
 @dataclass
@@ -59,7 +62,12 @@ class TrainConfig:
     data_dir: str | None = None
     data_seed: int = 0  # split seed (digits) / generation seed (synthetic)
     data_options: dict[str, Any] = field(default_factory=dict)
-    augment: bool = False  # random crop (padding 4 for 32×32, 1 for 8×8) + horizontal flip
+    # "none" | "crop-flip": random crop (padding 4 for 32×32, 1 for 8×8) + horizontal flip |
+    # "randaugment": random resized crop + horizontal flip + RandAugment(ops, magnitude) (spec §7).
+    # True/False are accepted for "crop-flip"/"none".
+    augment: str | bool = "none"
+    randaugment_ops: int = 2  # N of RandAugment(N, M)
+    randaugment_magnitude: int = 14  # M of RandAugment(N, M), in 0..30
     optimizer: str = "adam"  # "adam" | "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -81,6 +89,8 @@ class TrainConfig:
     srr_l1: float = 0.0  # weight of the ℓ1 surrogate of ‖Z‖₀ in the regulariser
 
     def __post_init__(self) -> None:
+        if isinstance(self.augment, bool):
+            self.augment = "crop-flip" if self.augment else "none"
         self.validate()
 
     def validate(self) -> None:
@@ -94,6 +104,12 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+        if not isinstance(self.randaugment_ops, int) or self.randaugment_ops < 0:
+            raise ValueError(f"randaugment_ops must be a non-negative integer, got {self.randaugment_ops!r}")
+        if not isinstance(self.randaugment_magnitude, int) or not 0 <= self.randaugment_magnitude <= 30:
+            raise ValueError(f"randaugment_magnitude must be an integer in 0..30, got {self.randaugment_magnitude!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
         if self.weight_decay < 0:
@@ -287,6 +303,19 @@ class Trainer:
         }
 
     # -- the loop -----------------------------------------------------------------------
+    def _augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """The configured augmentation of one batch; all randomness from ``gen`` (seeded per epoch)."""
+        cfg, train = self.cfg, self.splits.train
+        x = x.cpu()
+        if cfg.augment == "crop-flip":
+            x = augment(x, generator=gen, crop_padding=self.padding)
+        else:  # "randaugment": random resized crop, flip, then RandAugment in pixel space
+            x = random_resized_crop(x, generator=gen)
+            x = augment(x, generator=gen, crop_padding=0, flip=True)
+            x = rand_augment(x, generator=gen, num_ops=cfg.randaugment_ops, magnitude=cfg.randaugment_magnitude,
+                             mean=train.mean, std=train.std)
+        return x.to(self.device)
+
     def _epoch_metrics(self, epoch: int, step: int, lr: float, train_loss: float | None, seconds: float) -> dict[str, Any]:
         """One metrics.jsonl line; ``train_loss`` is the running minibatch cross-entropy (without the SRR
         regulariser, logged as ``srr_reg_value``/``srr_reg_layers``; None at epoch 0: the full-set CE)."""
@@ -331,8 +360,8 @@ class Trainer:
                 for b in range(self.steps_per_epoch):
                     idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
                     x, y = x_all[idx], y_all[idx]
-                    if cfg.augment:
-                        x = augment(x.cpu(), generator=gen, crop_padding=self.padding).to(self.device)
+                    if cfg.augment != "none":
+                        x = self._augment(x, gen)
                     lr = _lr_at(cfg, step, self.total_steps, self.steps_per_epoch)
                     for group in opt.param_groups:
                         group["lr"] = lr

@@ -1,0 +1,333 @@
+"""The report of the regularisation experiment (spec §7; the paper's Tables 2 and 6).
+
+Input is the tidy table of a study whose grid crosses model variants (and optionally datasets)
+with *arms* — plain cross-entropy (η = 0) and CE + SRR regularisation (η > 0, a layer choice) —
+and seeds (:func:`srrlab.study.run_regularize`). Output:
+
+- :func:`regularization_summary`: one row per (dataset, variant, other axes, arm) with the test
+  accuracy's mean, standard deviation, minimum and maximum over seeds, and, for each regularised
+  arm, the seed-paired difference to its CE baseline and a verdict;
+- :func:`paper_table`: the layout of Tables 2/6 (a row per variant, a column per dataset × arm,
+  cells ``mean ± std``);
+- :func:`plot_regularization`: a bar plot (a panel per dataset, bars per arm, error bars = std,
+  one dot per seed);
+- :func:`verdict_sentences`: one plain sentence per variant and regularised arm;
+- :func:`write_regularization_report`: all of it into ``regularize.md`` + CSVs + PNG.
+
+**Verdict.** With ``Δ_s`` the test-accuracy difference (regularised − CE) of the runs with the
+same seed (same initialisation and data order), ``Δ = mean_s Δ_s`` and the *seed spread*
+``σ = max(std_s acc_CE, std_s acc_SRR)`` (sample standard deviations), the regulariser
+``helped`` when ``Δ > σ``, ``hurt`` when ``Δ < −σ``, and is ``within seed spread`` otherwise;
+with a single seed there is no spread and no verdict (``one seed``).
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..io import atomic_write
+from .study import _fence, _md_escape, _md_table, _new_figure, _palette, _save, _short_error
+
+__all__ = ["arm_label", "regularization_summary", "paper_table", "plot_regularization", "verdict_sentences",
+           "write_regularization_report", "VERDICTS", "DATASET_NAMES", "display_variant"]
+
+#: Verdicts of a regularised arm against its CE baseline.
+VERDICTS = ("helped", "within seed spread", "hurt", "one seed", "no baseline")
+#: How datasets are written in tables and figures.
+DATASET_NAMES = {"digits": "digits", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "synthetic": "synthetic"}
+#: Statuses whose test accuracy enters the table (a run that ran out of epochs still has one).
+_USABLE = ("done", "not-converged")
+#: Columns that define an arm (when the spec has no grouped ``arm`` axis) and never define a row.
+_ARM_SETTINGS = ("srr_reg", "srr_layers", "srr_l1")
+
+
+def display_variant(variant: str) -> str:
+    """``crate-t`` → ``CRATE-T`` (the paper's spelling)."""
+    return str(variant).upper()
+
+
+def _dataset_name(name: str) -> str:
+    return DATASET_NAMES.get(str(name), str(name))
+
+
+def arm_label(srr_reg: float, srr_layers: str = "last", srr_l1: float = 0.0) -> str:
+    """``CE`` for η = 0, else ``CE+SRR (<layers>, η=<η>)`` (with ``, ℓ1=<w>`` when the surrogate is on)."""
+    if not srr_reg:
+        return "CE"
+    extra = f", ℓ1={srr_l1:g}" if srr_l1 else ""
+    return f"CE+SRR ({srr_layers}, η={srr_reg:g}{extra})"
+
+
+def _arms(table: pd.DataFrame, arm_axis: str | None) -> pd.Series:
+    if arm_axis is not None:
+        return table[f"hp.{arm_axis}"].astype(str)
+    get = lambda row, k, d: row.get(f"hp.{k}", d) if pd.notna(row.get(f"hp.{k}", d)) else d  # noqa: E731
+    return table.apply(lambda r: arm_label(float(get(r, "srr_reg", 0.0)), str(get(r, "srr_layers", "last")),
+                                           float(get(r, "srr_l1", 0.0))), axis=1)
+
+
+def _row_axes(table: pd.DataFrame, axes: Sequence[str], arm_axis: str | None) -> list[str]:
+    """Grid axes besides dataset, variant, the arm and the seed: they split the rows further."""
+    skip = {"dataset", "variant", "model", "seed", *_ARM_SETTINGS} | ({arm_axis} if arm_axis else set())
+    return [a for a in axes if a not in skip and f"hp.{a}" in table.columns]
+
+
+def regularization_summary(table: pd.DataFrame, *, axes: Sequence[str] = (), arm_axis: str | None = None
+                           ) -> pd.DataFrame:
+    """One row per (dataset, variant, other axes, arm) of a regularisation study's tidy table.
+
+    ``axes``: the study's grid axes (``StudySpec.axes``); ``arm_axis``: the grouped axis that
+    names the arms, if any (else arms are labelled by :func:`arm_label` from ``hp.srr_reg``,
+    ``hp.srr_layers``, ``hp.srr_l1``). Accuracies are percentages. Columns: ``dataset, variant,
+    <other axes>, arm, eta, baseline, seeds, failed, test_acc_mean, test_acc_std, test_acc_min,
+    test_acc_max, train_acc_mean, [srr_mean,] delta_mean, delta_std, wins, spread, verdict``
+    (the last six empty for CE arms). Rows keep the grid's order of variants and arms.
+    """
+    for col in ("status", "hp.variant", "gen.test_acc"):
+        if col not in table.columns:
+            raise ValueError(f"the table has no {col!r} column; expected a study table (StudyStore.table())")
+    t = table.copy()
+    t["arm"] = _arms(t, arm_axis)
+    t["dataset"] = t["hp.dataset"] if "hp.dataset" in t.columns else ""
+    t["variant"] = t["hp.variant"]
+    t["seed"] = t["hp.seed"] if "hp.seed" in t.columns else 0
+    t["eta"] = pd.to_numeric(t.get("hp.srr_reg", 0.0), errors="coerce").fillna(0.0)
+    t["ok"] = t["status"].isin(_USABLE) & pd.to_numeric(t["gen.test_acc"], errors="coerce").notna()
+    t["acc"] = pd.to_numeric(t["gen.test_acc"], errors="coerce") * 100.0
+    t["train"] = pd.to_numeric(t.get("gen.train_acc", np.nan), errors="coerce") * 100.0
+    has_srr = "measure.srr" in t.columns
+    extra = _row_axes(t, axes, arm_axis)
+    for a in extra:
+        t[a] = t[f"hp.{a}"]
+    keys = ["dataset", "variant", *extra]
+    rows: list[dict[str, Any]] = []
+    for key, group in t.groupby(keys, sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        base_arms = list(dict.fromkeys(group.loc[group["eta"] == 0, "arm"]))
+        baseline = base_arms[0] if base_arms else None
+        base = group[(group["arm"] == baseline) & group["ok"]].set_index("seed")["acc"] if baseline else None
+        for arm, g in group.groupby("arm", sort=False):
+            ok = g[g["ok"]]
+            acc = ok["acc"]
+            row: dict[str, Any] = dict(zip(keys, key))
+            row.update(arm=arm, eta=float(g["eta"].iloc[0]), baseline=None, seeds=int(len(ok)),
+                       failed=int(len(g) - len(ok)), test_acc_mean=acc.mean(), test_acc_std=acc.std(ddof=1),
+                       test_acc_min=acc.min(), test_acc_max=acc.max(), train_acc_mean=ok["train"].mean())
+            if has_srr:
+                row["srr_mean"] = pd.to_numeric(ok["measure.srr"], errors="coerce").mean()
+            row.update(delta_mean=np.nan, delta_std=np.nan, wins=None, spread=np.nan, verdict=None)
+            if row["eta"] > 0:
+                row["baseline"] = baseline
+                if base is None or base.empty:
+                    row["verdict"] = "no baseline"
+                else:
+                    paired = ok.set_index("seed")["acc"].to_frame("reg").join(base.rename("ce"), how="inner")
+                    delta = paired["reg"] - paired["ce"]
+                    spread = max(acc.std(ddof=1), base.std(ddof=1)) if len(acc) > 1 and len(base) > 1 else np.nan
+                    row.update(delta_mean=delta.mean(), delta_std=delta.std(ddof=1), spread=spread,
+                               wins=f"{int((delta > 0).sum())}/{len(delta)}")
+                    if len(delta) < 2 or not np.isfinite(spread):
+                        row["verdict"] = "one seed" if len(delta) else "no baseline"
+                    elif row["delta_mean"] > spread:
+                        row["verdict"] = "helped"
+                    elif row["delta_mean"] < -spread:
+                        row["verdict"] = "hurt"
+                    else:
+                        row["verdict"] = "within seed spread"
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _cell(mean: float, std: float) -> str:
+    if not np.isfinite(mean):
+        return "–"
+    return f"{mean:.2f} ± {std:.2f}" if np.isfinite(std) else f"{mean:.2f}"
+
+
+def paper_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Tables 2/6 layout: index = model (and other axes), columns = (dataset, arm), cells ``mean ± std`` (%)."""
+    s = summary.copy()
+    s["model"] = s["variant"].map(display_variant)
+    extra = [c for c in s.columns if c not in _SUMMARY_COLUMNS and c not in ("model",)]
+    s["dataset"] = s["dataset"].map(_dataset_name)
+    s["cell"] = [_cell(m, d) for m, d in zip(s["test_acc_mean"], s["test_acc_std"])]
+    wide = s.pivot_table(index=["model", *extra], columns=["dataset", "arm"], values="cell", aggfunc="first",
+                         sort=False)
+    return wide
+
+
+_SUMMARY_COLUMNS = ("dataset", "variant", "arm", "eta", "baseline", "seeds", "failed", "test_acc_mean", "test_acc_std",
+                    "test_acc_min", "test_acc_max", "train_acc_mean", "srr_mean", "delta_mean", "delta_std", "wins",
+                    "spread", "verdict")
+
+
+def _markdown_paper_table(summary: pd.DataFrame) -> str:
+    """The Tables 2/6 layout in markdown; the best mean of each row and dataset in bold."""
+    s = summary.copy()
+    extra = [c for c in s.columns if c not in _SUMMARY_COLUMNS]
+    datasets = list(dict.fromkeys(s["dataset"]))
+    arms = {d: list(dict.fromkeys(s.loc[s["dataset"] == d, "arm"])) for d in datasets}
+    header = ["Model", *extra] + [f"{_dataset_name(d)}: {a}" if d else a for d in datasets for a in arms[d]]
+    rows = []
+    for key, g in s.groupby(["variant", *extra], sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        cells = [display_variant(key[0]), *map(str, key[1:])]
+        for d in datasets:
+            gd = g[g["dataset"] == d].set_index("arm")
+            best = gd["test_acc_mean"].max() if not gd.empty else np.nan
+            for a in arms[d]:
+                if a not in gd.index:
+                    cells.append("–")
+                    continue
+                r = gd.loc[a]
+                text = _cell(r["test_acc_mean"], r["test_acc_std"])
+                cells.append(f"**{text}**" if np.isfinite(best) and r["test_acc_mean"] == best and len(gd) > 1 else text)
+        rows.append(cells)
+    return _md_table(header, rows, ["---"] * (1 + len(extra)) + ["---:"] * (len(header) - 1 - len(extra)))
+
+
+def verdict_sentences(summary: pd.DataFrame) -> list[str]:
+    """One sentence per (dataset, variant, other axes) and regularised arm."""
+    extra = [c for c in summary.columns if c not in _SUMMARY_COLUMNS]
+    out = []
+    reg = summary[summary["eta"] > 0]
+    for _, r in reg.iterrows():
+        where = display_variant(r["variant"])
+        if r["dataset"]:
+            where += f" on {_dataset_name(r['dataset'])}"
+        if extra:
+            where += " (" + ", ".join(f"{c}={r[c]}" for c in extra) + ")"
+        base = summary[(summary["dataset"] == r["dataset"]) & (summary["variant"] == r["variant"])
+                       & (summary["arm"] == r["baseline"])
+                       & np.logical_and.reduce([summary[c] == r[c] for c in extra] or [True])]
+        if r["verdict"] == "no baseline" or base.empty:
+            out.append(f"{where}: {r['arm']} reached {_cell(r['test_acc_mean'], r['test_acc_std'])}% test accuracy; "
+                       "there is no finished CE run with the same seed to compare with.")
+            continue
+        b = base.iloc[0]
+        lead = (f"{where}: {r['arm']} {_cell(r['test_acc_mean'], r['test_acc_std'])}% vs "
+                f"{r['baseline']} {_cell(b['test_acc_mean'], b['test_acc_std'])}% test accuracy "
+                f"over {r['seeds']} seed{'s' if r['seeds'] != 1 else ''}")
+        d = r["delta_mean"]
+        if r["verdict"] == "one seed":
+            out.append(f"{lead}: {d:+.2f} points, from a single seed, so the seed-to-seed spread is unknown "
+                       "and no conclusion is drawn.")
+        elif r["verdict"] == "helped":
+            out.append(f"{lead}: the regulariser helped, {d:+.2f} points (better on {r['wins']} seeds), more than "
+                       f"the seed-to-seed spread of {r['spread']:.2f}.")
+        elif r["verdict"] == "hurt":
+            out.append(f"{lead}: the regulariser hurt, {d:+.2f} points (better on {r['wins']} seeds), more than "
+                       f"the seed-to-seed spread of {r['spread']:.2f}.")
+        else:
+            out.append(f"{lead}: {d:+.2f} points (better on {r['wins']} seeds), within the seed-to-seed spread of "
+                       f"{r['spread']:.2f}, so no effect beyond seed noise.")
+    return out
+
+
+def plot_regularization(summary: pd.DataFrame, runs: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Bar plot: a panel per dataset, variants on the x axis, a bar per arm (mean test accuracy,
+    error bar = std over seeds), one dot per seed. ``runs`` has ``dataset, variant, arm, acc`` per run."""
+    path = Path(path)
+    datasets = list(dict.fromkeys(summary["dataset"]))
+    extra = [c for c in summary.columns if c not in _SUMMARY_COLUMNS]
+    fig = _new_figure(max(4.5, 1.2 + 1.6 * summary["variant"].nunique()) * len(datasets) ** 0.5 + 1.0, 4.2)
+    axes = np.atleast_1d(fig.subplots(1, len(datasets), squeeze=False)[0])
+    for ax, d in zip(axes, datasets):
+        s = summary[summary["dataset"] == d]
+        groups = list(dict.fromkeys(zip(*(s[c] for c in ["variant", *extra]))))
+        arms = list(dict.fromkeys(s["arm"]))
+        colours = _palette(arms)
+        width = 0.8 / len(arms)
+        for j, arm in enumerate(arms):
+            xs, means, stds = [], [], []
+            for i, gkey in enumerate(groups):
+                m = s[(s["arm"] == arm) & np.logical_and.reduce(
+                    [s[c] == v for c, v in zip(["variant", *extra], gkey)])]
+                if m.empty:
+                    continue
+                xs.append(i - 0.4 + width * (j + 0.5))
+                means.append(m["test_acc_mean"].iloc[0])
+                stds.append(m["test_acc_std"].iloc[0] if np.isfinite(m["test_acc_std"].iloc[0]) else 0.0)
+                pts = runs[(runs["dataset"] == d) & (runs["arm"] == arm) & np.logical_and.reduce(
+                    [runs[c] == v for c, v in zip(["variant", *extra], gkey)])]["acc"]
+                ax.plot(np.full(len(pts), xs[-1]), pts, "o", ms=3, color="black", alpha=0.6, zorder=3)
+            ax.bar(xs, means, width=width * 0.95, yerr=stds, capsize=3, color=colours[arm], label=arm,
+                   edgecolor="white", zorder=2)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels([" ".join([display_variant(g[0]), *map(str, g[1:])]) for g in groups], rotation=0)
+        lo = runs.loc[runs["dataset"] == d, "acc"].min()
+        hi = runs.loc[runs["dataset"] == d, "acc"].max()
+        if np.isfinite(lo) and np.isfinite(hi):
+            pad = max(0.5, 0.15 * (hi - lo))
+            ax.set_ylim(max(0.0, lo - 3 * pad), min(100.0, hi + pad))
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(_dataset_name(d) if d else "test accuracy")
+        ax.grid(axis="y", alpha=0.3, zorder=0)
+    handles, labels = {}, []
+    for ax in axes:  # one legend for all panels, below them
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(4, len(handles)),
+               fontsize=8, frameon=False)
+    fig.suptitle("SRR regularisation: test accuracy, mean ± std over seeds (dots: seeds)", fontsize=10)
+    return _save(fig, path)
+
+
+def write_regularization_report(table: pd.DataFrame, out_dir: str | os.PathLike, *, axes: Sequence[str] = (),
+                                arm_axis: str | None = None, title: str = "srrlab: SRR regularisation",
+                                spec_text: str | None = None) -> dict[str, Any]:
+    """Write ``regularize.md``, ``regularize-summary.csv``, ``regularize-runs.csv`` and
+    ``regularize.png`` into ``out_dir``; returns ``{"path", "summary", "sentences", "table"}``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = regularization_summary(table, axes=axes, arm_axis=arm_axis)
+    runs = table.copy()
+    runs["arm"] = _arms(runs, arm_axis)
+    runs["dataset"] = runs["hp.dataset"] if "hp.dataset" in runs.columns else ""
+    runs["variant"] = runs["hp.variant"]
+    for a in _row_axes(runs, axes, arm_axis):
+        runs[a] = runs[f"hp.{a}"]
+    runs["acc"] = pd.to_numeric(runs["gen.test_acc"], errors="coerce") * 100.0
+    usable = runs[runs["status"].isin(_USABLE) & runs["acc"].notna()]
+    atomic_write(out / "regularize-summary.csv", lambda tmp: summary.to_csv(tmp, index=False))
+    atomic_write(out / "regularize-runs.csv", lambda tmp: runs.to_csv(tmp, index=False))
+    figure = None
+    if not summary.empty and summary["seeds"].sum() > 0:
+        figure = plot_regularization(summary[summary["seeds"] > 0], usable, out / "regularize.png")
+    sentences = verdict_sentences(summary) if not summary.empty else []
+    counts = runs["status"].value_counts().to_dict()
+    lines = [f"# {_md_escape(title)}", "",
+             f"{len(runs)} runs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ".", "",
+             "Test accuracy (%), mean ± standard deviation over seeds (the layout of the paper's Tables 2 and 6; "
+             "the best mean per model and dataset in bold).", "", _markdown_paper_table(summary) if not summary.empty
+             else "(no finished runs yet)", ""]
+    if figure is not None:
+        lines += ["![test accuracy per variant and arm](regularize.png)", ""]
+    lines += ["## Did the regulariser help?", "",
+              "Per variant: the seed-paired difference Δ (regularised − CE, same seed = same initialisation and "
+              "data order) against the seed-to-seed spread σ (the larger of the two arms' standard deviations): "
+              "*helped* when Δ > σ, *hurt* when Δ < −σ, otherwise within the spread.", ""]
+    lines += [f"- {_md_escape(x)}" for x in sentences] or ["(no regularised arm has finished runs)"]
+    lines += [""]
+    shown = summary.copy()
+    num = shown.select_dtypes("number").columns
+    shown[num] = shown[num].round(3)
+    lines += ["## Summary table", "", "`regularize-summary.csv`:", "", _fence(shown.to_string(index=False)), ""]
+    bad = runs[~runs["status"].isin(_USABLE)]
+    if not bad.empty:
+        lines += ["## Runs without a test accuracy", ""]
+        for _, r in bad.head(30).iterrows():
+            lines.append(f"- `{r['id']}` ({r['variant']}, {r['arm']}, seed {r.get('hp.seed', '?')}): {r['status']}"
+                         + (f" — {_md_escape(_short_error(r.get('error')))}" if r["status"] == "failed" else ""))
+        lines.append("")
+    if spec_text:
+        lines += ["## Spec", "", _fence(spec_text), ""]
+    path = atomic_write(out / "regularize.md", lambda tmp: Path(tmp).write_text("\n".join(lines), encoding="utf-8"))
+    return {"path": Path(path), "summary": summary, "sentences": sentences, "table": paper_table(summary)
+            if not summary.empty else pd.DataFrame()}

@@ -1,0 +1,82 @@
+"""The regularisation experiment (spec §7; the paper's Tables 2 and 6): model variants ×
+{CE, CE + SRR} × layer choices × seeds (× datasets), trained and reported.
+
+It is a study (:mod:`srrlab.study`) whose grid has *arms*: runs with ``srr_reg = 0`` (plain
+cross-entropy, the baseline) and runs with ``srr_reg > 0`` (a layer choice, an η). Arms are
+either a grouped axis (values are tables of settings with a ``name``, e.g. ``arm = [{name =
+"CE", srr_reg = 0.0}, {name = "CE+SRR (last)", srr_reg = 0.001, srr_layers = "last"}]``) or
+plain ``srr_reg``/``srr_layers`` axes. Storage, resumption and execution (sequential or Dask)
+are the study's: rerunning the same command continues where it stopped.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .runner import run_study
+from .spec import SpecError, StudySpec, load_spec
+from .store import DB_NAME, StudyStore
+
+__all__ = ["load_regularize_spec", "arm_axis", "run_regularize", "report_regularize"]
+
+
+def load_regularize_spec(spec: str | os.PathLike | StudySpec) -> StudySpec:
+    """A regularisation preset (``demo``, ``paper``), a TOML path, or a parsed spec; checked with :func:`arm_axis`."""
+    spec = spec if isinstance(spec, StudySpec) else load_spec(spec, kind="regularize")
+    arm_axis(spec)
+    return spec
+
+
+def arm_axis(spec: StudySpec) -> str | None:
+    """The grouped axis that names the arms (the first grouped axis setting ``srr_reg``), or None.
+
+    Raises :class:`SpecError` unless the grid holds at least one CE arm (``srr_reg = 0``) and one
+    regularised arm (``srr_reg > 0``).
+    """
+    etas = {float(spec.settings(p).get("srr_reg", 0.0)) for p in spec.points()}
+    if 0.0 not in etas or not any(e > 0 for e in etas):
+        raise SpecError(
+            f"spec {spec.name!r} is not a regularisation experiment: its grid must hold CE runs (srr_reg = 0) and "
+            f"regularised runs (srr_reg > 0), got srr_reg values {sorted(etas)}; e.g. under [grid]: "
+            'arm = [{name = "CE", srr_reg = 0.0}, {name = "CE+SRR (last)", srr_reg = 0.001, srr_layers = "last"}]')
+    for axis in spec.grouped_axes:
+        if any("srr_reg" in v for v in spec.grid[axis]):
+            return axis
+    return None
+
+
+def report_regularize(directory: str | os.PathLike) -> dict[str, Any]:
+    """Write the report of the regularisation experiment in ``directory`` (see
+    :func:`srrlab.report.regularize.write_regularization_report`) from its store, finished or not."""
+    from ..report.regularize import write_regularization_report
+
+    if not (Path(directory) / DB_NAME).exists():
+        raise FileNotFoundError(f"{directory} holds no experiment (no {DB_NAME}); "
+                                f"run `srrlab regularize run SPEC --dir {directory}`")
+    with StudyStore(directory) as store:
+        spec = store.spec()
+        table = store.table()
+    axis = arm_axis(spec)
+    return write_regularization_report(table, directory, axes=spec.axes, arm_axis=axis,
+                                       title=f"srrlab regularisation experiment: {spec.name}", spec_text=spec.source)
+
+
+def run_regularize(spec: str | os.PathLike | StudySpec, directory: str | os.PathLike, *, workers: int = 0,
+                   scheduler: str | None = None, threads: int | None = None, extend: bool = False,
+                   progress: bool | None = None) -> dict[str, Any]:
+    """Run (or continue) the regularisation experiment ``spec`` in ``directory``, then write its report.
+
+    Same execution options as :func:`srrlab.study.run_study`. Returns the report's dict:
+    ``path`` (``regularize.md``), ``summary`` (one row per dataset/variant/arm), ``sentences``
+    (one per variant and regularised arm), ``table`` (the Tables 2/6 layout) and ``runs`` (the
+    tidy per-run table).
+    """
+    spec = load_regularize_spec(spec)
+    runs: pd.DataFrame = run_study(spec, directory, workers=workers, scheduler=scheduler, threads=threads,
+                                   extend=extend, progress=progress)
+    report = report_regularize(directory)
+    report["runs"] = runs
+    return report

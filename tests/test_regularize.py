@@ -1,0 +1,250 @@
+"""The regularisation experiment (spec §7): grouped arms in study specs, the summary's numbers and
+verdicts, the Tables 2/6 layout, the report, the CLI, presets, and RandAugment training."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from srrlab.cli import main as cli
+from srrlab.io import read_jsonl
+from srrlab.report.regularize import arm_label, paper_table, regularization_summary, verdict_sentences
+from srrlab.study import SpecError, StudySpec, StudyStore, arm_axis, load_regularize_spec, run_regularize
+from srrlab.train import TrainConfig, resume, train
+
+from conftest import train_interrupted
+
+SPEC = """
+name = "reg-tiny"
+dataset = "digits"
+
+[fixed]
+size = "digits"
+variant = "crate-t"
+depth = 2
+dim = 16
+heads = 2
+epochs = 2
+batch_size = 256
+lr = 0.003
+target_ce = "none"
+
+[grid]
+arm = [
+    { name = "CE", srr_reg = 0.0 },
+    { name = "CE+SRR (last)", srr_reg = 0.01, srr_layers = "last" },
+]
+seed = [0, 1]
+
+[measures]
+names = ["srr"]
+
+[measures.settings]
+srr_images = 50
+"""
+
+
+# -- specs with grouped axes -------------------------------------------------------------------
+def test_grouped_axis_sets_several_settings_and_labels_the_row():
+    spec = StudySpec.from_toml(SPEC)
+    assert spec.axes == ["arm", "seed"] and spec.grouped_axes == ["arm"]
+    assert len(spec.points()) == 4
+    p = spec.points()[2]
+    s = spec.settings(p)
+    assert s["arm"] == "CE+SRR (last)" and s["srr_reg"] == 0.01 and s["srr_layers"] == "last" and s["seed"] == 0
+    cfg = spec.train_config(p)
+    assert cfg.srr_reg == 0.01 and cfg.target_ce is None and cfg.model == "crate-t-digits"
+    assert spec.train_config(spec.points()[0]).srr_reg == 0.0
+    assert arm_axis(spec) == "arm"
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda t: t.replace("epochs = 2", "epochs = 2\nsrr_reg = 0.1"), "grid axis 'arm' sets 'srr_reg', which is also fixed"),
+    (lambda t: t.replace('srr_layers = "last"', 'srr_layerz = "last"'), "grid axis 'arm': unknown setting 'srr_layerz'"),
+    (lambda t: t.replace('name = "CE+SRR (last)"', 'name = "CE"'), "two values have the same name"),
+    (lambda t: t.replace("arm = [", "lr = ["), "grid axis 'lr' is a setting"),
+    (lambda t: t.replace('dataset = "digits"', ""), "key 'dataset' is required"),
+    (lambda t: t.replace("seed = [0, 1]", 'seed = [0, 1]\ndataset = ["digits"]'), "'dataset' is given both"),
+    (lambda t: t.replace('dataset = "digits"', "").replace("seed = [0, 1]", 'seed = [0]\ndataset = ["mnist"]'),
+     "setting 'dataset': 'mnist'"),
+    (lambda t: t.replace('{ name = "CE", srr_reg = 0.0 },', '{ name = "CE", srr_reg = 0.0, name2 = 1 },'),
+     "unknown setting 'name2'"),
+])
+def test_invalid_grouped_specs_name_the_problem(edit, match):
+    with pytest.raises(SpecError, match=match):
+        StudySpec.from_toml(edit(SPEC))
+
+
+def test_dataset_axis_and_derived_arm_labels():
+    text = SPEC.replace('dataset = "digits"', "").replace(
+        "seed = [0, 1]", 'seed = [0]\ndataset = ["digits", "synthetic"]')
+    spec = StudySpec.from_toml(text)
+    assert spec.datasets == ["digits", "synthetic"] and spec.dataset == ""
+    assert {spec.train_config(p).dataset for p in spec.points()} == {"digits", "synthetic"}
+    # arms from plain srr_reg / srr_layers axes (no grouped axis): labelled from the settings
+    plain = StudySpec.from_toml(SPEC.replace(
+        'arm = [\n    { name = "CE", srr_reg = 0.0 },\n    { name = "CE+SRR (last)", srr_reg = 0.01, srr_layers = "last" },\n]',
+        "srr_reg = [0.0, 0.001]"))
+    assert arm_axis(plain) is None
+    assert arm_label(0.0) == "CE" and arm_label(0.001, "random") == "CE+SRR (random, η=0.001)"
+    assert arm_label(0.01, "last", 0.5) == "CE+SRR (last, η=0.01, ℓ1=0.5)"
+
+
+def test_a_spec_without_both_arms_is_refused():
+    only_ce = SPEC.replace('    { name = "CE+SRR (last)", srr_reg = 0.01, srr_layers = "last" },\n', "")
+    with pytest.raises(SpecError, match="not a regularisation experiment.*srr_reg values \\[0.0\\]"):
+        load_regularize_spec(StudySpec.from_toml(only_ce))
+
+
+def test_presets():
+    demo = load_regularize_spec("demo")
+    assert demo.datasets == ["digits"] and len(demo.points()) == 36
+    assert [v["name"] for v in demo.grid["arm"]] == ["CE", "CE+SRR (last)", "CE+SRR (random)"]
+    paper = load_regularize_spec("paper")
+    assert paper.datasets == ["cifar10", "cifar100"] and len(paper.points()) == 2 * 4 * 3 * 3
+    cfg = paper.train_config(paper.points()[-1])
+    assert cfg.model == "crate-tiny" and cfg.lr == 1e-4 and cfg.schedule == "cosine" and cfg.epochs == 200
+    assert cfg.batch_size == 128 and cfg.target_ce is None and cfg.augment == "randaugment"
+    assert (cfg.randaugment_ops, cfg.randaugment_magnitude) == (2, 14)
+    assert cfg.model_options == {"depth": 12, "heads": 6, "dim": 384} and cfg.srr_reg == 0.001
+    assert cfg.srr_layers == "random" and cfg.dataset == "cifar100"
+
+
+# -- the summary: numbers and verdicts against hand computation ---------------------------------
+def _table(rows):
+    """A study-like table from (variant, arm, eta, seed, status, test_acc) tuples."""
+    return pd.DataFrame([{"id": f"r{i}", "status": st, "error": None, "hp.variant": v, "hp.arm": a,
+                          "hp.srr_reg": eta, "hp.seed": s, "hp.dataset": "digits", "gen.test_acc": acc,
+                          "gen.train_acc": 1.0} for i, (v, a, eta, s, st, acc) in enumerate(rows)])
+
+
+def test_summary_values_and_verdicts():
+    ce = {"crate-t": [0.90, 0.91, 0.92], "crate-c": [0.80, 0.81, 0.82], "crate": [0.85, 0.86, 0.87]}
+    reg = {"crate-t": [0.95, 0.96, 0.97], "crate-c": [0.805, 0.80, 0.83], "crate": [0.80, 0.79, 0.81]}
+    rows = []
+    for v in ce:
+        rows += [(v, "CE", 0.0, s, "done", a) for s, a in enumerate(ce[v])]
+        rows += [(v, "SRR", 0.001, s, "done", a) for s, a in enumerate(reg[v])]
+    rows += [("crate-n", "CE", 0.0, 0, "done", 0.5), ("crate-n", "SRR", 0.001, 0, "done", 0.6),
+             ("crate-n", "CE", 0.0, 1, "failed", None), ("crate-n", "SRR", 0.001, 1, "done", 0.7)]
+    s = regularization_summary(_table(rows), axes=["variant", "arm", "seed"], arm_axis="arm").set_index(["variant", "arm"])
+    r = s.loc[("crate-t", "SRR")]
+    assert r["test_acc_mean"] == pytest.approx(96.0) and r["test_acc_std"] == pytest.approx(1.0)
+    assert r["delta_mean"] == pytest.approx(5.0) and r["spread"] == pytest.approx(1.0)
+    assert r["wins"] == "3/3" and r["verdict"] == "helped" and r["baseline"] == "CE"
+    c = s.loc[("crate-c", "SRR")]  # Δ = (0.5 - 1 + 1) / 3 points, spread = std of [80.5, 80, 83]
+    assert c["delta_mean"] == pytest.approx(0.5 / 3) and c["spread"] == pytest.approx(np.std([80.5, 80, 83], ddof=1))
+    assert c["verdict"] == "within seed spread" and c["wins"] == "2/3"
+    assert s.loc[("crate", "SRR"), "verdict"] == "hurt" and s.loc[("crate", "SRR"), "delta_mean"] == pytest.approx(-6.0)
+    n = s.loc[("crate-n", "SRR")]  # the CE run of seed 1 failed: one paired seed, no spread
+    assert n["seeds"] == 2 and s.loc[("crate-n", "CE"), "failed"] == 1 and n["verdict"] == "one seed"
+    assert n["delta_mean"] == pytest.approx(10.0)
+    assert pd.isna(s.loc[("crate-t", "CE"), "verdict"]) and math.isnan(s.loc[("crate-t", "CE"), "delta_mean"])
+    sentences = verdict_sentences(s.reset_index())
+    assert len(sentences) == 4
+    assert sentences[0].startswith("CRATE-T on digits: SRR 96.00 ± 1.00% vs CE 91.00 ± 1.00% test accuracy over 3 seeds")
+    assert "helped, +5.00 points (better on 3/3 seeds)" in sentences[0]
+    assert "within the seed-to-seed spread" in sentences[1] and "hurt" in sentences[2]
+    assert "single seed" in sentences[3]
+    wide = paper_table(s.reset_index())
+    assert wide.loc["CRATE-T", ("digits", "SRR")] == "96.00 ± 1.00"
+    assert wide.loc["CRATE-C", ("digits", "CE")] == "81.00 ± 1.00"
+    assert list(wide.index) == ["CRATE-T", "CRATE-C", "CRATE", "CRATE-N"]
+
+
+# -- end to end ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    spec = tmp_path_factory.mktemp("spec") / "reg.toml"
+    spec.write_text(SPEC)
+    out = tmp_path_factory.mktemp("reg")
+    return spec, out, run_regularize(spec, out, progress=False)
+
+
+def test_experiment_end_to_end(experiment, digits):
+    spec, out, report = experiment
+    runs = report["runs"]
+    assert list(runs["status"]) == ["done"] * 4 and set(runs["hp.arm"]) == {"CE", "CE+SRR (last)"}
+    for name in ("regularize.md", "regularize.png", "regularize-summary.csv", "regularize-runs.csv"):
+        assert (out / name).stat().st_size > 0
+    text = (out / "regularize.md").read_text()
+    assert "| Model | digits: CE | digits: CE+SRR (last) |" in text and "CRATE-T on digits" in text
+    summary = report["summary"].set_index("arm")
+    acc = runs.groupby("hp.arm")["gen.test_acc"].apply(lambda a: 100 * a.mean())
+    assert summary.loc["CE", "test_acc_mean"] == pytest.approx(acc["CE"])
+    assert summary.loc["CE+SRR (last)", "srr_mean"] == pytest.approx(
+        runs.loc[runs["hp.arm"] == "CE+SRR (last)", "measure.srr"].mean())
+    # a CE run of the experiment is plain training; a regularised one logs the regulariser
+    row = runs[(runs["hp.arm"] == "CE") & (runs["hp.seed"] == 1)].iloc[0]
+    metrics = read_jsonl(out / "runs" / row["id"] / "metrics.jsonl")
+    assert "srr_reg_value" not in metrics[-1]
+    cfg = StudySpec.from_toml(SPEC).train_config({"arm": {"name": "CE", "srr_reg": 0.0}, "seed": 1})
+    alone = train(cfg, out.parent / "alone", quiet=True, splits=digits)
+    assert alone.final["test_acc"] == row["gen.test_acc"]
+    reg = runs[runs["hp.arm"] == "CE+SRR (last)"].iloc[0]
+    assert math.isfinite(read_jsonl(out / "runs" / reg["id"] / "metrics.jsonl")[-1]["srr_reg_value"])
+    assert len(report["sentences"]) == 1
+
+
+def test_rerun_continues_without_retraining(experiment):
+    spec, out, report = experiment
+    again = run_regularize(spec, out, progress=False)
+    pd.testing.assert_frame_equal(again["summary"], report["summary"])
+    with StudyStore(out) as store:
+        assert set(store.table()["attempts"]) == {1}
+
+
+def test_cli(experiment, tmp_path, capsys):
+    spec, out, _ = experiment
+    assert cli(["regularize", "report", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "test accuracy (%), mean ± std over seeds" in printed and f"report  {out / 'regularize.md'}" in printed
+    assert cli(["regularize", "report", str(tmp_path)]) == 2
+    assert "holds no experiment" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SPEC.replace("srr_reg = 0.01", "srr_reg = 0.0").replace('name = "CE+SRR (last)"', 'name = "B"'))
+    assert cli(["regularize", "run", str(bad), "--dir", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "not a regularisation experiment" in capsys.readouterr().err
+
+
+# -- RandAugment training ----------------------------------------------------------------------
+def _ra(**kw):
+    options = dict(model="crate-t-digits", model_options={"depth": 1, "dim": 16, "heads": 2}, epochs=2,
+                   batch_size=256, target_ce=None, augment="randaugment")
+    return TrainConfig(**{**options, **kw})
+
+
+def test_randaugment_training_is_reproducible_resumable_and_changes_the_run(tmp_path, digits, monkeypatch):
+    a = train(_ra(), tmp_path / "a", quiet=True, splits=digits)
+    b = train(_ra(), tmp_path / "b", quiet=True, splits=digits)
+    assert a.metrics[-1]["train_ce"] == b.metrics[-1]["train_ce"]
+    plain = train(_ra(augment="none"), tmp_path / "plain", quiet=True, splits=digits)
+    weaker = train(_ra(randaugment_magnitude=0, randaugment_ops=0), tmp_path / "weak", quiet=True, splits=digits)
+    assert len({a.final["train_ce"], plain.final["train_ce"], weaker.final["train_ce"]}) == 3
+    train_interrupted(_ra(), tmp_path / "c", monkeypatch, at_epoch=2, quiet=True, splits=digits)
+    c = resume(tmp_path / "c", quiet=True, splits=digits)
+    assert c.metrics[-1]["train_ce"] == a.metrics[-1]["train_ce"]
+
+
+def test_augment_option_values():
+    assert TrainConfig(augment=True).augment == "crop-flip" and TrainConfig(augment=False).augment == "none"
+    with pytest.raises(ValueError, match="augment must be one of none, crop-flip, randaugment"):
+        TrainConfig(augment="autoaugment")
+    with pytest.raises(ValueError, match="randaugment_magnitude must be an integer in 0..30"):
+        TrainConfig(randaugment_magnitude=31)
+
+
+def test_cli_train_with_randaugment(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli(["train", "--model", "crate-t-digits", "--set", "depth=1", "--set", "dim=16", "--set", "heads=2",
+                "--epochs", "1", "--batch-size", "512", "--augment", "randaugment", "--randaugment-magnitude", "9",
+                "--out", str(out), "--quiet"]) == 0
+    from srrlab.io import read_json
+
+    saved = read_json(out / "config.json")["train"]
+    assert saved["augment"] == "randaugment" and saved["randaugment_magnitude"] == 9 and saved["randaugment_ops"] == 2
+    with pytest.raises(SystemExit):  # argparse refuses the choice
+        cli(["train", "--augment", "mixup", "--out", str(tmp_path / "x")])
+    assert "invalid choice: 'mixup'" in capsys.readouterr().err
