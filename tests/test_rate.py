@@ -426,3 +426,154 @@ def test_no_grad_and_inference_mode_match_grad_mode():
     torch.testing.assert_close(
         plain["Rc"][idx].double(), torch.stack([ref_Rc(Z[i].detach(), U, plain["eps"]) for i in idx]), rtol=1e-5, atol=0
     )
+
+# --------------------------------------------------------------------------------------
+# Closed-form backward of the rates (core._HalfLogdetGram): ∂/∂X ½ logdet(I + s·X Xᵀ) = s·M⁻¹X
+# --------------------------------------------------------------------------------------
+def naive_grads(Z: torch.Tensor, U: torch.Tensor, eps: float, w: torch.Tensor):
+    """Plain-autograd gradients of Σ w·R and Σ w·R^c through the references (N×N, torch.logdet, fp64)."""
+    z = Z.detach().to(F64).requires_grad_()
+    u = U.detach().to(F64).requires_grad_()
+    (gR,) = torch.autograd.grad((w * over_leading(ref_R, z, eps)).sum(), z)
+    rc = over_leading(ref_Rc, z, u, eps) if U.dim() == 3 else over_leading_u(ref_Rc, z, u, eps)
+    gRc_z, gRc_u = torch.autograd.grad((w * rc).sum(), (z, u))
+    return gR, gRc_z, gRc_u
+
+
+def impl_grads(Z: torch.Tensor, U: torch.Tensor, eps: float, w: torch.Tensor, side_r=None, side_c=None):
+    z = Z.detach().clone().requires_grad_()
+    u = U.detach().clone().requires_grad_()
+    (gR,) = torch.autograd.grad((w * core._coding_rate(z, eps, None, side=side_r)).sum(), z)
+    gRc_z, gRc_u = torch.autograd.grad((w * core._compression_rate(z, u, eps, None, side=side_c)).sum(), (z, u))
+    return gR, gRc_z, gRc_u
+
+
+def assert_grad_close(got: torch.Tensor, ref: torch.Tensor, rtol: float) -> None:
+    """Elementwise, with an absolute floor of rtol·max|ref| (components near zero)."""
+    torch.testing.assert_close(got.to(F64), ref, rtol=rtol, atol=rtol * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("n,d", [(4, 7), (9, 5)])  # N < d and N > d; every side is forced below
+def test_gradcheck_rates_both_gram_sides(n, d):
+    eps = 0.8
+    Z = rand(2, n, d, seed=10 * n + d).requires_grad_()
+    for side in ("N", "d"):  # the N×N and the d×d Gram, whichever is smaller
+        assert torch.autograd.gradcheck(lambda z: core._coding_rate(z, eps, None, side=side), (Z,))
+    U = rand(2, d, 3, seed=1).requires_grad_()  # shared subspaces (K, d, p)
+    Ub = rand(2, 2, d, 3, seed=2).requires_grad_()  # per-index subspaces (B, K, d, p)
+    for side in ("p", "N"):  # the p×p and the N×N head Grams
+        for u in (U, Ub):
+            assert torch.autograd.gradcheck(lambda z, u: core._compression_rate(z, u, eps, None, side=side), (Z, u))
+    # leading dims, with per-index U broadcast over one of them
+    Z4 = rand(2, 2, 3, d, seed=3).requires_grad_()
+    U4 = rand(2, 1, 2, d, 2, seed=4).requires_grad_()
+    for side in ("p", "N"):
+        assert torch.autograd.gradcheck(lambda z, u: core._compression_rate(z, u, eps, None, side=side), (Z4, U4))
+    assert torch.autograd.gradcheck(lambda z, u: srr(z, u, eps, lam=0.1), (Z4, U4))
+
+
+@pytest.mark.parametrize("dtype,rtol", [(F64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("n", [3, 7, 30])  # N < p < d, p < N < d, N > d
+@pytest.mark.parametrize("shared", [True, False])
+def test_gradients_match_naive_reference(dtype, rtol, n, shared):
+    d, heads, p, eps = 12, 3, 4, 0.8
+    Z = rand(2, 3, n, d, seed=n)
+    U = rand(heads, d, p, seed=100 + n) if shared else rand(2, 1, heads, d, p, seed=200 + n)
+    w = rand(2, 3, seed=300 + n)  # a non-uniform upstream gradient
+    ref = naive_grads(Z, U, eps, w)
+    for side_r, side_c in (("N", "p"), ("d", "N"), (None, None)):
+        got = impl_grads(Z.to(dtype), U.to(dtype), eps, w.to(dtype), side_r, side_c)
+        for g, r in zip(got, ref):
+            assert g.dtype == dtype and g.shape == r.shape
+            assert_grad_close(g, r, rtol)
+
+
+def test_gradient_of_fallback_entries_matches_float64_reference():
+    # Entry 1 is scaled far beyond fp32 precision (m·u·max M_ii >= 1): its value and gradient
+    # come from the float64 fallback; the other entries from the fp32 factorisation. Square
+    # blocks (N = d = p), so that every Gram, on either side, has full rank and the float64
+    # reference (and any float64 route) resolves all its eigenvalues: with a rank-deficient Gram
+    # at this scale the gradient is ill-conditioned in float64 itself (error ~ u·λ_max).
+    n = d = p = 8
+    eps = 0.5
+    Z = rand(3, n, d, seed=81)
+    Z[1] *= 1e6
+    Z32 = Z.float()
+    U32 = rand(2, d, p, seed=82, dtype=torch.float32)
+    s, gamma = d / (n * eps**2), p / (n * eps**2)
+    assert core._beyond_precision((torch.eye(n) + s * (Z32[1] @ Z32[1].T))[None]).item()
+    a = Z32[1] @ U32[0]
+    assert core._beyond_precision((torch.eye(p) + gamma * (a.T @ a))[None]).item()
+    w = torch.tensor([1.0, -0.7, 0.4])
+    ref = naive_grads(Z32, U32, eps, w.double())
+    for side_r, side_c in (("N", "p"), ("d", "N")):
+        got = impl_grads(Z32, U32, eps, w, side_r, side_c)
+        for g in got:
+            assert g.dtype == torch.float32 and torch.isfinite(g).all()
+        gR, gRc_z, gRc_u = got
+        # Per entry (their gradients differ by orders of magnitude). The fallback entry is
+        # computed in float64 and only rounded to fp32; the others carry the fp32 roundoff times
+        # cond(M) (about 1e3 for these random 8×8 blocks).
+        for i, tol in ((0, 1e-4), (1, 1e-6), (2, 1e-4)):
+            assert_grad_close(gR[i], ref[0][i], tol)
+            assert_grad_close(gRc_z[i], ref[1][i], tol)
+        assert_grad_close(gRc_u, ref[2], 1e-4)
+
+
+def test_gradient_of_eigenvalue_route_entries():
+    # Exactly rank one with entries ±2^30: I + s·Gram is not numerically positive definite even in
+    # float64 (the fp64 Cholesky fails), so the value takes the eigenvalue route. The exact gradient
+    # is known in closed form: ∇_Z ½ log(1 + s‖Z‖²) = s·Z / (1 + s‖Z‖²).
+    n, d, eps = 6, 8, 0.5
+    g = torch.Generator().manual_seed(5)
+    a = torch.randint(0, 2, (n,), generator=g).double() * 2 - 1
+    b = torch.randint(0, 2, (d,), generator=g).double() * 2 - 1
+    big = 2.0**30 * torch.outer(a, b)
+    Z = torch.stack([rand(n, d, seed=6), big]).float()
+    s = d / (n * eps**2)
+    for side in ("N", "d"):
+        gram = big @ big.T if side == "N" else big.T @ big
+        assert torch.linalg.cholesky_ex(torch.eye(gram.shape[0], dtype=F64) + s * gram).info.item() > 0
+        z = Z.clone().requires_grad_()
+        core._coding_rate(z, eps, None, side=side).sum().backward()
+        exact = s * big / (1 + s * (big**2).sum())
+        torch.testing.assert_close(z.grad[1].double(), exact, rtol=1e-6, atol=0)
+        alone = Z[:1].clone().requires_grad_()  # the neighbour's gradient is untouched
+        core._coding_rate(alone, eps, None, side=side).sum().backward()
+        torch.testing.assert_close(z.grad[0], alone.grad[0])
+    # the compression rate, with coordinate subspaces (A_k = column blocks of Z, exact)
+    heads, p = 2, 4
+    U = subspaces_of(torch.eye(d, dtype=F64), heads).float()
+    gamma = p / (n * eps**2)
+    for side in ("p", "N"):
+        z = Z.clone().requires_grad_()
+        core._compression_rate(z, U, eps, None, side=side).sum().backward()
+        blocks = big.reshape(n, heads, p)
+        exact = (gamma * blocks / (1 + gamma * (blocks**2).sum((0, 2), keepdim=True))).reshape(n, d)
+        torch.testing.assert_close(z.grad[1].double(), exact, rtol=1e-6, atol=0)
+
+
+def test_srr_terms_mu_gradient_is_rc_minus_r():
+    n, d, heads, eps = 9, 12, 3, 0.7
+    Z = torch.relu(rand(2, 3, n, d, seed=91)).requires_grad_()
+    U = rand(heads, d, 4, seed=92).requires_grad_()
+    terms = srr_terms(Z, U, eps, lam=0.3)
+    assert not terms["l0"].requires_grad  # ‖Z‖₀ has no gradient (spec §7)
+    w = rand(2, 3, seed=93)
+    gmu_z, gmu_u = torch.autograd.grad((w * terms["mu"]).sum(), (Z, U))
+    gRc_z, gRc_u = torch.autograd.grad((w * compression_rate(Z, U, eps)).sum(), (Z, U))
+    (gR_z,) = torch.autograd.grad((w * coding_rate(Z, eps)).sum(), Z)
+    torch.testing.assert_close(gmu_z, gRc_z - gR_z, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(gmu_u, gRc_u, rtol=1e-12, atol=1e-14)
+
+
+def test_rates_are_once_differentiable():
+    Z = rand(2, 5, 6, seed=95).requires_grad_()
+    (g,) = torch.autograd.grad(coding_rate(Z, 0.8).sum(), Z, create_graph=True)
+    with pytest.raises(RuntimeError, match="once differentiable"):
+        g.sum().backward()
+    # also when only the saved input, not the upstream gradient, carries the graph
+    v = rand(2, 5, 6, seed=96).requires_grad_()
+    (g,) = torch.autograd.grad(compression_rate(Z, rand(2, 6, 3, seed=97), 0.8).sum(), Z, create_graph=True)
+    with pytest.raises(RuntimeError, match="once differentiable"):
+        (g * v).sum().backward()

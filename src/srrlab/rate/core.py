@@ -10,13 +10,16 @@ Every rate is computed on the *smaller* side of its Gram matrix (Sylvester's ide
 ``logdet(I_N + s XᵀX) = logdet(I_m + s X Xᵀ)``) and factorised with one batched Cholesky
 (``logdet = 2 Σ log diag L``) over all images (and heads), see :func:`logdet_identity_plus` for
 the fallback when roundoff breaks positive definiteness. All functions are differentiable with
-autograd, except the count ``‖Z‖₀`` (:func:`l0`), which has no gradient (spec §7).
+autograd, except the count ``‖Z‖₀`` (:func:`l0`), which has no gradient (spec §7). The rates
+(:func:`coding_rate`, :func:`compression_rate`) have a closed-form backward,
+``∂/∂X ½ logdet(I + s·X Xᵀ) = s·(I + s·X Xᵀ)⁻¹X`` (spec §3), from the forward's Cholesky factor
+(:class:`_HalfLogdetGram`; once differentiable); :func:`logdet_identity_plus` uses plain autograd.
 """
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -211,7 +214,9 @@ def logdet_identity_plus(gram: Tensor, scale: float | Tensor) -> Tensor:
     ``I + s·G`` for PSD ``G``). Never raises for finite input; an entry whose (float64) matrix is
     not finite gives ``nan``. Here the float64 recomputation can only start from ``gram`` itself;
     :func:`coding_rate` and :func:`compression_rate` rebuild the failed Grams from ``Z`` (and
-    ``U``) in float64.
+    ``U``) in float64. Differentiable with plain autograd through the factorisation (also in
+    ``scale`` when it is a tensor); the rates instead use a closed-form backward with the same
+    fallback (:class:`_HalfLogdetGram`).
     """
     if not isinstance(gram, Tensor) or gram.dim() < 2 or gram.shape[-1] != gram.shape[-2]:
         shape = tuple(gram.shape) if isinstance(gram, Tensor) else type(gram).__name__
@@ -241,6 +246,210 @@ def logdet_identity_plus(gram: Tensor, scale: float | Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------
+# ½ logdet(I + s·Gram(X)) with a closed-form backward
+# --------------------------------------------------------------------------------------
+def _identity_plus_gram(X: Tensor, scale: float, side: str) -> Tensor:
+    """``I + scale·X Xᵀ`` (``side="rows"``) or ``I + scale·XᵀX`` (``side="cols"``) for ``X (B, n, m)``,
+    one fused batched matmul."""
+    if side == "rows":
+        return torch.baddbmm(_eye(X.shape[-2], X), X, X.mT, alpha=scale)
+    return torch.baddbmm(_eye(X.shape[-1], X), X.mT, X, alpha=scale)
+
+
+def _gram_systems(X: Tensor, scale: float, rows: bool) -> Tensor:
+    """``I + scale·X Xᵀ`` (``rows``, n×n) or ``I + scale·XᵀX`` (m×m) for ``X (B, n, m)`` or ``(K, B, n, m)``.
+
+    3-D ``X``: one fused ``baddbmm``. 4-D ``X`` is meant for the head blocks of one stacked
+    projection, a strided ``(K, B, N, p)`` view whose leading dims do not merge without a copy:
+    one fused ``baddbmm`` per leading index, written straight into one buffer (``out=``, so this
+    is for use without autograd only).
+    """
+    side = "rows" if rows else "cols"
+    if X.dim() == 3:
+        return _identity_plus_gram(X, scale, side)
+    m = X.shape[-2] if rows else X.shape[-1]
+    M = torch.empty(*X.shape[:-2], m, m, dtype=X.dtype, device=X.device)
+    eye = _eye(m, X)
+    for i in range(X.shape[0]):
+        x = X[i]
+        torch.baddbmm(eye, *((x, x.mT) if rows else (x.mT, x)), alpha=scale, out=M[i])
+    return M
+
+
+class _Fallback(NamedTuple):
+    """What the backward pass needs of the entries that took the float64 fallback."""
+
+    idx: Tensor  # flat indices (into X.reshape(-1, n, m)) of the entries that took the fallback
+    x64: Tensor  # their X, recomputed in float64 by the caller, (n_f, n, m)
+    chol64: Tensor  # float64 Cholesky factors of I + s·Gram(x64) (identity where that failed)
+    eig: Tensor  # bool (n_f,): the float64 Cholesky failed too (eigenvalue route)
+    finite: Tensor  # bool (n_f,): the float64 system is finite (else the value is nan)
+
+
+def _half_logdet_gram_impl(
+    X: Tensor, scale: float, rows: bool, recompute: Callable[[Tensor], Tensor], keep: bool
+) -> tuple[Tensor, Tensor | None, _Fallback | None]:
+    """``½ logdet(I + s·Gram(X))`` by one batched Cholesky, with the fallback of :func:`logdet_identity_plus`.
+
+    Returns ``(value, L, fallback)``; ``value`` has shape ``X.shape[:-2]``. With ``keep`` also
+    the Cholesky factors ``L`` of all entries (identity for the entries that failed) and the
+    float64 data of the failed ones (:class:`_Fallback`, ``None`` if nothing failed), for the
+    backward pass; without ``keep`` both are ``None`` and nothing beyond the value is built.
+    ``recompute(idx)`` returns the float64 ``X`` of the flat entries ``idx``, shape ``(n_f, n, m)``.
+    """
+    M = _gram_systems(X, scale, rows)
+    L, info = torch.linalg.cholesky_ex(M)
+    half = L.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # ½ logdet M = Σ log diag L
+    failed = (info != 0) | ~torch.isfinite(half)
+    coarse = _beyond_precision(M)
+    if coarse is not None:
+        failed |= coarse
+    if not bool(failed.any()):
+        return half, (L if keep else None), None
+    # The failed entries, from X recomputed in float64 (from the original factors).
+    (idx,) = failed.reshape(-1).nonzero(as_tuple=True)
+    x64 = recompute(idx)
+    M64 = _identity_plus_gram(x64, scale, "rows" if rows else "cols")
+    finite = torch.isfinite(M64).flatten(-2).all(-1)
+    eye64 = _eye(M64.shape[-1], M64)
+    M64 = torch.where(finite[..., None, None], M64, eye64)
+    L64, info64 = torch.linalg.cholesky_ex(M64)
+    half64 = L64.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    eig = (info64 != 0) | ~torch.isfinite(half64)
+    if bool(eig.any()):
+        bad = eig.nonzero(as_tuple=True)
+        half64 = half64.index_put(bad, 0.5 * _eig_logdet(M64[bad]))
+    half64 = torch.where(finite, half64, torch.full_like(half64, float("nan")))
+    half = half.reshape(-1).index_put((idx,), half64.to(half.dtype)).reshape(half.shape)
+    if not keep:
+        return half, None, None
+    L = torch.where(failed[..., None, None], _eye(L.shape[-1], L), L)
+    L64 = torch.where(eig[..., None, None], eye64, L64)
+    x64 = torch.where(finite[..., None, None], x64, torch.zeros_like(x64))
+    return half, L, _Fallback(idx, x64, L64, eig, finite)
+
+
+def _fallback_solve(fb: _Fallback, scale: float, rows: bool) -> Tensor:
+    """``M⁻¹X`` (``rows``) or ``X M⁻¹`` in float64 for the fallback entries, ``M = I + s·Gram(X)``.
+
+    Entries whose float64 Cholesky succeeded reuse that factor (one batched
+    ``torch.cholesky_solve``: the same solve as a ``torch.linalg.solve`` on the recomputed float64
+    ``M``, without factorising it again). Entries that took the eigenvalue route are not
+    numerically positive definite even in float64: there the eigenvalues of ``M`` below
+    ``τ = max(1, m·u·λ_max)`` (``u`` the float64 unit roundoff) are roundoff, not data, and a
+    plain solve would amplify the roundoff in ``X``'s components along their eigenvectors by up
+    to ``1/λ``, i.e. far beyond the true gradient. They use ``V diag(w) Vᵀ`` from
+    ``torch.linalg.eigh`` with ``w_i = 1/λ_i`` for ``λ_i > τ`` and 0 below: the derivative of
+    the clamped value ``Σ log max(λ_i, 1)`` the forward pass returned, restricted to the
+    eigenvalues float64 resolves (the unresolved ones belong to the numerical null space of
+    ``Gram(X)``, which ``X`` does not reach beyond roundoff). Non-finite entries give ``nan``.
+    """
+    x = fb.x64
+    sol = torch.cholesky_solve(x, fb.chol64) if rows else torch.cholesky_solve(x.mT, fb.chol64).mT
+    if bool(fb.eig.any()):
+        bad = fb.eig.nonzero(as_tuple=True)
+        xb = x[bad]
+        try:
+            ev, V = torch.linalg.eigh(_identity_plus_gram(xb, scale, "rows" if rows else "cols"))
+            u = torch.finfo(ev.dtype).eps / 2
+            tau = (ev.amax(-1, keepdim=True) * (ev.shape[-1] * u)).clamp_min(1.0)
+            w = torch.where(ev > tau, 1.0 / ev, torch.zeros_like(ev))
+            inv = (V * w[..., None, :]) @ V.mT
+            solb = inv @ xb if rows else xb @ inv
+        except RuntimeError:  # no convergence (pathological input)
+            solb = torch.full_like(xb, float("nan"))
+        sol = sol.index_put(bad, solb)
+    return torch.where(fb.finite[..., None, None], sol, torch.full_like(sol, float("nan")))
+
+
+class _HalfLogdetGram(torch.autograd.Function):
+    """``½ logdet(I + s·X Xᵀ)`` (``rows``) or ``½ logdet(I + s·XᵀX)`` per entry of ``X (B, n, m)``
+    or ``(K, B, n, m)``, with the closed-form gradient (spec §2, §3).
+
+    Forward: :func:`_half_logdet_gram_impl` (one batched Cholesky, float64/eigenvalue fallback
+    for the failed entries), saving the Cholesky factor. Backward, for ``M = I + s·X Xᵀ``:
+    ``∂/∂X ½ logdet M = s·M⁻¹X``; for ``M = I + s·XᵀX``: ``s·X M⁻¹`` (the push-through form of
+    spec §3 when ``X = A_k``): ``M⁻¹`` from the saved factor (one batched
+    ``torch.cholesky_inverse``) and one batched GEMM, instead of differentiating through the
+    factorisation. Entries that took the fallback get ``s·M⁻¹X`` in float64 from
+    :func:`_fallback_solve` (rounded to ``X``'s dtype). ``s`` is a Python float and gets no
+    gradient. Once differentiable: under ``create_graph=True`` the returned gradient raises if
+    differentiated again (:class:`_NoDoubleBackward`; like ``once_differentiable``, but also when
+    only the saved ``X`` requires grad). No forward-mode AD.
+    """
+
+    @staticmethod
+    def forward(ctx, X: Tensor, scale: float, rows: bool, recompute: Callable[[Tensor], Tensor]) -> Tensor:
+        half, L, fb = _half_logdet_gram_impl(X, scale, rows, recompute, keep=True)
+        ctx.save_for_backward(X, L)
+        ctx.scale, ctx.rows, ctx.fallback = scale, rows, fb
+        return half
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        X, L = ctx.saved_tensors
+        s, rows, fb = ctx.scale, ctx.rows, ctx.fallback
+        with torch.no_grad():
+            # s·g·M⁻¹ from the saved factor (LAPACK potri), then one batched GEMM: M⁻¹X or X M⁻¹.
+            # For these small batched systems this is several times faster than cholesky_solve
+            # with X as right-hand side (a per-matrix LAPACK potrs loop), at the same accuracy
+            # order (forward error ~ u·cond(M), and ‖M⁻¹‖ <= 1).
+            Minv = torch.cholesky_inverse(L).mul_((grad * s)[..., None, None])
+            if X.dim() == 3:
+                gX = torch.bmm(Minv, X) if rows else torch.bmm(X, Minv)
+            else:  # strided (K, B, N, p) head blocks: one GEMM per head, written in X's own layout
+                gX = torch.empty_like(X)  # same strides as X, so the view backward needs no copy
+                for i in range(X.shape[0]):
+                    gX[i] = torch.bmm(Minv[i], X[i]) if rows else torch.bmm(X[i], Minv[i])
+            if fb is not None:
+                n, m = X.shape[-2:]
+                g64 = _fallback_solve(fb, s, rows) * (s * grad.reshape(-1)[fb.idx].double())[:, None, None]
+                gX = gX.reshape(-1, n, m).index_put((fb.idx,), g64.to(gX.dtype)).reshape(X.shape)
+        if torch.is_grad_enabled():
+            # create_graph=True: the result must not pass for a differentiable one. Unlike
+            # torch.autograd.function.once_differentiable, also when only the saved X (not the
+            # upstream gradient) requires grad, where that would silently drop the second-order term.
+            gX = _NoDoubleBackward.apply(gX.detach().requires_grad_())
+        return gX, None, None, None
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """Identity whose backward raises: marks the closed-form gradient of the rates as once differentiable."""
+
+    @staticmethod
+    def forward(ctx, g: Tensor) -> Tensor:
+        return g.clone()
+
+    @staticmethod
+    def backward(ctx, _):
+        raise RuntimeError(
+            "the coding rates' closed-form backward (srrlab.rate.core._HalfLogdetGram) is once "
+            "differentiable: higher-order gradients through coding_rate/compression_rate are not supported"
+        )
+
+
+def _half_logdet_gram(
+    X: Tensor, scale: float, rows: bool, recompute: Callable[[Tensor], Tensor] | None = None
+) -> Tensor:
+    """``½ logdet(I + s·X Xᵀ)`` (``rows``) or ``½ logdet(I + s·XᵀX)``, shape ``X.shape[:-2]``.
+
+    Through :class:`_HalfLogdetGram` (closed-form backward) when a gradient is needed, else the
+    plain forward without saving anything. ``recompute(idx)`` gives the float64 ``X`` of the
+    flat entries ``idx`` for the fallback (default: ``X`` itself cast to float64; callers pass
+    one that rebuilds it from the original factors).
+    """
+    if recompute is None:
+        n, m = X.shape[-2:]
+
+        def recompute(idx):
+            return X.detach().reshape(-1, n, m)[idx].double()
+
+    if torch.is_grad_enabled() and X.requires_grad:
+        return _HalfLogdetGram.apply(X, scale, rows, recompute)
+    return _half_logdet_gram_impl(X, scale, rows, recompute, keep=False)[0]
+
+
+# --------------------------------------------------------------------------------------
 # Rates
 # --------------------------------------------------------------------------------------
 def default_eps(num_tokens: int, dim_head: int) -> float:
@@ -249,14 +458,6 @@ def default_eps(num_tokens: int, dim_head: int) -> float:
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     return math.sqrt(dim_head / num_tokens)
-
-
-def _identity_plus_gram(X: Tensor, scale: float, side: str) -> Tensor:
-    """``I + scale·X Xᵀ`` (``side="rows"``) or ``I + scale·XᵀX`` (``side="cols"``) for ``X (B, n, m)``,
-    one fused batched matmul."""
-    if side == "rows":
-        return torch.baddbmm(_eye(X.shape[-2], X), X, X.mT, alpha=scale)
-    return torch.baddbmm(_eye(X.shape[-1], X), X.mT, X, alpha=scale)
 
 
 def _coding_rate(Z: Tensor, eps: float, dtype, side: str | None = None) -> Tensor:
@@ -268,13 +469,9 @@ def _coding_rate(Z: Tensor, eps: float, dtype, side: str | None = None) -> Tenso
     scale = d / (n * eps * eps)
     if side is None:
         side = "N" if n <= d else "d"
-    rows = {"N": "rows", "d": "cols"}[side]
-    z = Z.reshape(-1, n, d)
-
-    def recompute(idx):
-        return _identity_plus_gram(z[idx].double(), scale, rows)
-
-    return 0.5 * _logdet_spd(_identity_plus_gram(z, scale, rows), recompute).reshape(lead)
+    rows = {"N": True, "d": False}[side]
+    # The failed entries are recomputed from Z in float64 (the default recompute).
+    return _half_logdet_gram(Z.reshape(-1, n, d), scale, rows).reshape(lead)
 
 
 def coding_rate(Z: Tensor, eps: float, *, dtype: torch.dtype | None = None) -> Tensor:
@@ -282,38 +479,16 @@ def coding_rate(Z: Tensor, eps: float, *, dtype: torch.dtype | None = None) -> T
 
     ``Z`` is a row-form batch ``(..., N, d)``; returns shape ``Z.shape[:-2]``. Computed on the
     smaller Gram side (Sylvester's identity): the N×N Gram ``Z Zᵀ`` (row form) when ``N <= d``,
-    else the d×d Gram ``Zᵀ Z``; one batched Cholesky (:func:`logdet_identity_plus`'s fallback).
-    ``dtype=None`` computes in ``Z``'s dtype, ``dtype=torch.float64`` in fp64 (and returns fp64).
+    else the d×d Gram ``Zᵀ Z``; one batched Cholesky (:func:`logdet_identity_plus`'s fallback,
+    the failed entries rebuilt from ``Z`` in float64). ``dtype=None`` computes in ``Z``'s dtype,
+    ``dtype=torch.float64`` in fp64 (and returns fp64).
+
+    Gradient in closed form, ``∇_Z R = s·M⁻¹Z`` with ``M = I_N + s·Z Zᵀ`` (row form) or
+    ``s·Z M⁻¹`` with ``M = I_d + s·ZᵀZ``, ``s = d/(N ε²)``: ``M⁻¹`` from the forward's Cholesky
+    factor and one batched GEMM (fallback entries in float64), see :class:`_HalfLogdetGram`;
+    once differentiable.
     """
     return _coding_rate(Z, eps, dtype)
-
-
-def _head_systems(z: Tensor, U: Tensor, gamma: float, side: str) -> tuple[Tensor, bool]:
-    """``I + γ·Gram(A_k)`` for every image and head of ``z (B, N, d)``.
-
-    ``side="p"``: the p×p Gram ``A_kᵀA_k``; ``"N"``: the N×N Gram ``A_k A_kᵀ`` (row form,
-    ``A_k = z @ U_k``). Returns ``(M, head_major)``: ``M`` is ``(K, B, m, m)`` when
-    ``head_major`` (shared ``U``), else ``(B, K, m, m)``.
-    """
-    b, n, d = z.shape
-    K, p = U.shape[-3], U.shape[-1]
-    m = p if side == "p" else n
-    eye = _eye(m, z)
-    if U.dim() == 3:
-        # One GEMM with the stacked subspaces, (B·N, d) @ (d, K·p), then one fused
-        # I + γ·Gram per head, read straight from the column block of A (no transposed copy).
-        a = (z.reshape(-1, d) @ U.permute(1, 0, 2).reshape(d, K * p)).view(b, n, K * p)
-        blocks = [a[:, :, k * p : (k + 1) * p] for k in range(K)]  # A_k, (B, N, p)
-        pairs = [(ak.mT, ak) if side == "p" else (ak, ak.mT) for ak in blocks]
-        if torch.is_grad_enabled() and a.requires_grad:
-            return torch.stack([torch.baddbmm(eye, x, y, alpha=gamma) for x, y in pairs]), True
-        M = torch.empty(K, b, m, m, dtype=z.dtype, device=z.device)
-        for k, (x, y) in enumerate(pairs):
-            torch.baddbmm(eye, x, y, alpha=gamma, out=M[k])
-        return M, True
-    # Per-index subspaces: broadcast matmul, (B, K, p, N) = U_kᵀ zᵀ.
-    at = torch.matmul(U.mT, z.unsqueeze(-3).mT).reshape(-1, p, n)
-    return _identity_plus_gram(at, gamma, "rows" if side == "p" else "cols").view(b, K, m, m), False
 
 
 def _compression_rate(Z: Tensor, U: Tensor, eps: float, dtype, side: str | None = None) -> Tensor:
@@ -327,20 +502,30 @@ def _compression_rate(Z: Tensor, U: Tensor, eps: float, dtype, side: str | None 
     gamma = p / (n * eps * eps)
     if side is None:
         side = "p" if p <= n else "N"
+    # A_k = z @ U_k is (N, p) in row form: the p×p Gram A_kᵀA_k is its "cols" side, the N×N
+    # Gram A_k A_kᵀ its "rows" side.
+    rows = {"p": False, "N": True}[side]
     z = Z.reshape(-1, n, d)
-    if U.dim() > 3:
-        U = U.expand(*lead, K, d, p).reshape(-1, K, d, p)
-    M, head_major = _head_systems(z, U, gamma, side)
     B = z.shape[0]
+    if U.dim() == 3:
+        # One GEMM with the stacked subspaces, (B·N, d) @ (d, K·p); the head blocks A_k are read
+        # in place as a strided (K, B, N, p) view (no transposed copy). Head-major entries.
+        a = (z.reshape(-1, d) @ U.permute(1, 0, 2).reshape(d, K * p)).view(B, n, K, p).permute(2, 0, 1, 3)
+
+        def recompute(idx):
+            # Rebuild the failed (head, image) blocks from Z and U in float64.
+            return z[idx % B].detach().double() @ U[idx // B].detach().double()  # (n_failed, N, p)
+
+        return _half_logdet_gram(a, gamma, rows, recompute).sum(0).reshape(lead)
+    # Per-index subspaces: broadcast matmul, (B, K, N, p) = z U_k.
+    U = U.expand(*lead, K, d, p).reshape(-1, K, d, p)
+    a = torch.matmul(z.unsqueeze(-3), U).reshape(-1, n, p)
 
     def recompute(idx):
-        # Rebuild the failed (image, head) systems from Z and U in float64.
-        b, k = (idx % B, idx // B) if head_major else (idx // K, idx % K)
-        a64 = z[b].double() @ (U[k] if U.dim() == 3 else U[b, k]).double()  # (n_failed, N, p)
-        return _identity_plus_gram(a64, gamma, "cols" if side == "p" else "rows")
+        b, k = idx // K, idx % K
+        return z[b].detach().double() @ U[b, k].detach().double()
 
-    ld = _logdet_spd(M, recompute)
-    return 0.5 * (ld.sum(0) if head_major else ld.sum(-1)).reshape(lead)
+    return _half_logdet_gram(a, gamma, rows, recompute).view(B, K).sum(-1).reshape(lead)
 
 
 def compression_rate(Z: Tensor, U: Tensor, eps: float, *, dtype: torch.dtype | None = None) -> Tensor:
@@ -350,7 +535,13 @@ def compression_rate(Z: Tensor, U: Tensor, eps: float, *, dtype: torch.dtype | N
     indices) or ``(..., K, d, p)`` broadcastable to ``Z``'s leading dims. ``A_k`` in row form is
     ``Z @ U_k`` (``(N, p)``); all projections come from one matmul with the stacked ``Uᵀ``. Each
     head's rate is computed on the smaller side, the p×p Gram ``A_kᵀA_k`` when ``p <= N``, else
-    the N×N Gram, with one batched Cholesky over images and heads. Returns ``Z.shape[:-2]``.
+    the N×N Gram, with one batched Cholesky over images and heads (fallback entries rebuilt from
+    ``Z`` and ``U`` in float64). Returns ``Z.shape[:-2]``.
+
+    Gradient in closed form per head, ``∂/∂A_k = γ·A_k M_k⁻¹`` (``M_k = I_p + γ A_kᵀA_k``; the
+    push-through form of spec §3) or ``γ·M_k⁻¹A_k`` (``M_k = I_N + γ A_k A_kᵀ``), with ``M_k⁻¹``
+    from the forward's Cholesky factors (:class:`_HalfLogdetGram`); it reaches ``Z`` and ``U``
+    through the ordinary autograd of the projection GEMM. Once differentiable.
     """
     return _compression_rate(Z, U, eps, dtype)
 
