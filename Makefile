@@ -25,6 +25,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/step_time.py
 	$(BIN)/python benchmarks/regularizer_overhead.py
+	$(BIN)/python benchmarks/vs_official.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
