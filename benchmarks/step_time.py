@@ -26,9 +26,9 @@ from srrlab.models import VARIANTS, create_model
 SHAPES = {"tiny": dict(batch=128), "digits": dict(batch=64)}
 
 
-def step_time(name: str, batch: int, repeats: int, warmup: int) -> dict:
-    torch.manual_seed(0)
-    model = create_model(name)
+def median_step(model: torch.nn.Module, batch: int, repeats: int, warmup: int) -> tuple[float, list[float]]:
+    """Median and all timings (s) of ``repeats`` steps (forward + CE + backward + Adam) on a fixed
+    random batch for ``model`` (which has a ``config``), after ``warmup`` untimed steps."""
     cfg = model.config
     x = torch.randn(batch, cfg.channels, cfg.image_size, cfg.image_size)
     y = torch.randint(0, cfg.num_classes, (batch,))
@@ -42,7 +42,14 @@ def step_time(name: str, batch: int, repeats: int, warmup: int) -> dict:
         opt.step()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
+    return statistics.median(times), times
+
+
+def step_time(name: str, batch: int, repeats: int, warmup: int) -> dict:
+    torch.manual_seed(0)
+    model = create_model(name)
+    cfg = model.config
+    med, times = median_step(model, batch, repeats, warmup)
     return {"model": name, "batch": batch, "tokens": cfg.num_tokens, "parameters": model.num_parameters(),
             "step_s_median": med, "step_s_min": min(times), "images_per_s": batch / med}
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from official_crate import from_srrlab  # noqa: E402
+from step_time import median_step  # noqa: E402
 
 from srrlab.models import VARIANTS, create_model  # noqa: E402
 
@@ -71,21 +72,8 @@ def _ref_keys(ours) -> list[str]:
 
 
 def _median_step(model, batch: int, steps: int, warmup: int = 2) -> float:
-    c = model.config if hasattr(model, "config") else None
     torch.manual_seed(1)
-    x = torch.randn(batch, c.channels, c.image_size, c.image_size)
-    y = torch.randint(0, c.num_classes, (batch,))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    times = []
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_step(model, batch, steps, warmup)[0]
 
 
 def main() -> None:

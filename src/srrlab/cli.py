@@ -300,6 +300,17 @@ def cmd_toy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_options(q: argparse.ArgumentParser, what: str) -> None:
+    """The options of a study-like run (``study run``, ``regularize run``): spec, folder, execution."""
+    q.add_argument("spec", metavar="SPEC", help="a preset (demo, paper) or a TOML file")
+    q.add_argument("--dir", required=True, help=f"{what} folder (database, run folders, report)")
+    q.add_argument("--workers", type=int, default=0, help="local Dask worker processes (default 0: sequential)")
+    q.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://127.0.0.1:8786")
+    q.add_argument("--threads", type=int, help="torch threads per run (default: cores // workers)")
+    q.add_argument("--extend", action="store_true", help=f"accept a spec that adds grid values to the {what} in --dir")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .data import DATASETS
@@ -382,13 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="generalisation studies: run a grid of models, then report")
     ssub = p.add_subparsers(dest="study_command", required=True, metavar="STUDY_COMMAND")
     q = ssub.add_parser("run", help="train and measure every grid point of SPEC (resumable)")
-    q.add_argument("spec", metavar="SPEC", help="a preset (demo, paper) or a TOML file")
-    q.add_argument("--dir", required=True, help="study folder (database, run folders, report)")
-    q.add_argument("--workers", type=int, default=0, help="local Dask worker processes (default 0: sequential)")
-    q.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://127.0.0.1:8786")
-    q.add_argument("--threads", type=int, help="torch threads per run (default: cores // workers)")
-    q.add_argument("--extend", action="store_true", help="accept a spec that adds grid values to the study in --dir")
-    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    _run_options(q, "study")
     q.set_defaults(func=cmd_study_run)
     q = ssub.add_parser("report", help="write report.md, figures, runs.parquet/csv and correlation.csv into DIR")
     q.add_argument("dir", metavar="DIR")
@@ -401,13 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Train every run of SPEC (a preset: demo, paper; or a TOML file whose grid holds "
                                     "CE runs, srr_reg = 0, and regularised runs, srr_reg > 0), then write "
                                     "regularize.md, regularize.png and CSVs into --dir. Rerunning continues.")
-    q.add_argument("spec", metavar="SPEC", help="a preset (demo, paper) or a TOML file")
-    q.add_argument("--dir", required=True, help="experiment folder (database, run folders, report)")
-    q.add_argument("--workers", type=int, default=0, help="local Dask worker processes (default 0: sequential)")
-    q.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://127.0.0.1:8786")
-    q.add_argument("--threads", type=int, help="torch threads per run (default: cores // workers)")
-    q.add_argument("--extend", action="store_true", help="accept a spec that adds grid values to the experiment")
-    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    _run_options(q, "experiment")
     q.set_defaults(func=cmd_regularize_run)
     q = ssub.add_parser("report", help="write the report of the experiment in DIR (finished or not)")
     q.add_argument("dir", metavar="DIR")
