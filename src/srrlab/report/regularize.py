@@ -45,6 +45,10 @@ DATASET_NAMES = {"digits": "digits", "cifar10": "CIFAR-10", "cifar100": "CIFAR-1
 _USABLE = ("done", "not-converged")
 #: Columns that define an arm (when the spec has no grouped ``arm`` axis) and never define a row.
 _ARM_SETTINGS = ("srr_reg", "srr_layers", "srr_l1")
+#: Columns of the summary other than the extra row axes.
+_SUMMARY_COLUMNS = ("dataset", "variant", "arm", "eta", "baseline", "seeds", "failed", "test_acc_mean", "test_acc_std",
+                    "test_acc_min", "test_acc_max", "train_acc_mean", "srr_mean", "delta_mean", "delta_std", "wins",
+                    "spread", "verdict")
 
 
 def display_variant(variant: str) -> str:
@@ -78,6 +82,27 @@ def _row_axes(table: pd.DataFrame, axes: Sequence[str], arm_axis: str | None) ->
     return [a for a in axes if a not in skip and f"hp.{a}" in table.columns]
 
 
+def _runs_frame(table: pd.DataFrame, axes: Sequence[str], arm_axis: str | None) -> pd.DataFrame:
+    """The study table with the columns the summary, the report and the plot group by: ``arm``,
+    ``dataset``, ``variant``, ``seed``, ``eta``, the other row axes, ``acc``/``train`` (%) and ``ok``
+    (a usable test accuracy)."""
+    for col in ("status", "hp.variant", "gen.test_acc"):
+        if col not in table.columns:
+            raise ValueError(f"the table has no {col!r} column; expected a study table (StudyStore.table())")
+    t = table.copy()
+    t["arm"] = _arms(t, arm_axis)
+    t["dataset"] = t["hp.dataset"] if "hp.dataset" in t.columns else ""
+    t["variant"] = t["hp.variant"]
+    t["seed"] = t["hp.seed"] if "hp.seed" in t.columns else 0
+    t["eta"] = pd.to_numeric(t.get("hp.srr_reg", 0.0), errors="coerce").fillna(0.0)
+    t["acc"] = pd.to_numeric(t["gen.test_acc"], errors="coerce") * 100.0
+    t["train"] = pd.to_numeric(t.get("gen.train_acc", np.nan), errors="coerce") * 100.0
+    t["ok"] = t["status"].isin(_USABLE) & t["acc"].notna()
+    for a in _row_axes(t, axes, arm_axis):
+        t[a] = t[f"hp.{a}"]
+    return t
+
+
 def regularization_summary(table: pd.DataFrame, *, axes: Sequence[str] = (), arm_axis: str | None = None
                            ) -> pd.DataFrame:
     """One row per (dataset, variant, other axes, arm) of a regularisation study's tidy table.
@@ -89,22 +114,9 @@ def regularization_summary(table: pd.DataFrame, *, axes: Sequence[str] = (), arm
     test_acc_max, train_acc_mean, [srr_mean,] delta_mean, delta_std, wins, spread, verdict``
     (the last six empty for CE arms). Rows keep the grid's order of variants and arms.
     """
-    for col in ("status", "hp.variant", "gen.test_acc"):
-        if col not in table.columns:
-            raise ValueError(f"the table has no {col!r} column; expected a study table (StudyStore.table())")
-    t = table.copy()
-    t["arm"] = _arms(t, arm_axis)
-    t["dataset"] = t["hp.dataset"] if "hp.dataset" in t.columns else ""
-    t["variant"] = t["hp.variant"]
-    t["seed"] = t["hp.seed"] if "hp.seed" in t.columns else 0
-    t["eta"] = pd.to_numeric(t.get("hp.srr_reg", 0.0), errors="coerce").fillna(0.0)
-    t["ok"] = t["status"].isin(_USABLE) & pd.to_numeric(t["gen.test_acc"], errors="coerce").notna()
-    t["acc"] = pd.to_numeric(t["gen.test_acc"], errors="coerce") * 100.0
-    t["train"] = pd.to_numeric(t.get("gen.train_acc", np.nan), errors="coerce") * 100.0
+    t = _runs_frame(table, axes, arm_axis)
     has_srr = "measure.srr" in t.columns
-    extra = _row_axes(t, axes, arm_axis)
-    for a in extra:
-        t[a] = t[f"hp.{a}"]
+    extra = _row_axes(table, axes, arm_axis)
     keys = ["dataset", "variant", *extra]
     rows: list[dict[str, Any]] = []
     for key, group in t.groupby(keys, sort=False, dropna=False):
@@ -160,11 +172,6 @@ def paper_table(summary: pd.DataFrame) -> pd.DataFrame:
     wide = s.pivot_table(index=["model", *extra], columns=["dataset", "arm"], values="cell", aggfunc="first",
                          sort=False)
     return wide
-
-
-_SUMMARY_COLUMNS = ("dataset", "variant", "arm", "eta", "baseline", "seeds", "failed", "test_acc_mean", "test_acc_std",
-                    "test_acc_min", "test_acc_max", "train_acc_mean", "srr_mean", "delta_mean", "delta_std", "wins",
-                    "spread", "verdict")
 
 
 def _markdown_paper_table(summary: pd.DataFrame) -> str:
@@ -287,14 +294,8 @@ def write_regularization_report(table: pd.DataFrame, out_dir: str | os.PathLike,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = regularization_summary(table, axes=axes, arm_axis=arm_axis)
-    runs = table.copy()
-    runs["arm"] = _arms(runs, arm_axis)
-    runs["dataset"] = runs["hp.dataset"] if "hp.dataset" in runs.columns else ""
-    runs["variant"] = runs["hp.variant"]
-    for a in _row_axes(runs, axes, arm_axis):
-        runs[a] = runs[f"hp.{a}"]
-    runs["acc"] = pd.to_numeric(runs["gen.test_acc"], errors="coerce") * 100.0
-    usable = runs[runs["status"].isin(_USABLE) & runs["acc"].notna()]
+    runs = _runs_frame(table, axes, arm_axis)
+    usable = runs[runs["ok"]]
     atomic_write(out / "regularize-summary.csv", lambda tmp: summary.to_csv(tmp, index=False))
     atomic_write(out / "regularize-runs.csv", lambda tmp: runs.to_csv(tmp, index=False))
     figure = None
@@ -319,7 +320,7 @@ def write_regularization_report(table: pd.DataFrame, out_dir: str | os.PathLike,
     num = shown.select_dtypes("number").columns
     shown[num] = shown[num].round(3)
     lines += ["## Summary table", "", "`regularize-summary.csv`:", "", _fence(shown.to_string(index=False)), ""]
-    bad = runs[~runs["status"].isin(_USABLE)]
+    bad = runs[~runs["ok"]]
     if not bad.empty:
         lines += ["## Runs without a test accuracy", ""]
         for _, r in bad.head(30).iterrows():

@@ -48,20 +48,23 @@ def arm_axis(spec: StudySpec) -> str | None:
     return None
 
 
+def _write_report(spec: StudySpec, table: pd.DataFrame, directory: str | os.PathLike) -> dict[str, Any]:
+    from ..report.regularize import write_regularization_report
+
+    return write_regularization_report(table, directory, axes=spec.axes, arm_axis=arm_axis(spec),
+                                       title=f"srrlab regularisation experiment: {spec.name}", spec_text=spec.source)
+
+
 def report_regularize(directory: str | os.PathLike) -> dict[str, Any]:
     """Write the report of the regularisation experiment in ``directory`` (see
     :func:`srrlab.report.regularize.write_regularization_report`) from its store, finished or not."""
-    from ..report.regularize import write_regularization_report
-
     if not (Path(directory) / DB_NAME).exists():
         raise FileNotFoundError(f"{directory} holds no experiment (no {DB_NAME}); "
                                 f"run `srrlab regularize run SPEC --dir {directory}`")
     with StudyStore(directory) as store:
         spec = store.spec()
         table = store.table()
-    axis = arm_axis(spec)
-    return write_regularization_report(table, directory, axes=spec.axes, arm_axis=axis,
-                                       title=f"srrlab regularisation experiment: {spec.name}", spec_text=spec.source)
+    return _write_report(spec, table, directory)
 
 
 def run_regularize(spec: str | os.PathLike | StudySpec, directory: str | os.PathLike, *, workers: int = 0,
@@ -77,6 +80,6 @@ def run_regularize(spec: str | os.PathLike | StudySpec, directory: str | os.Path
     spec = load_regularize_spec(spec)
     runs: pd.DataFrame = run_study(spec, directory, workers=workers, scheduler=scheduler, threads=threads,
                                    extend=extend, progress=progress)
-    report = report_regularize(directory)
+    report = _write_report(spec, runs, directory)
     report["runs"] = runs
     return report

@@ -95,7 +95,7 @@ class StudySpec:
         grid = dict(d.get("grid", {}))
         if not isinstance(fixed, dict):
             raise SpecError("key 'fixed' must be a table of settings")
-        given = [k for k in ("dataset",) if k in fixed or k in grid]
+        given = "dataset" in fixed or "dataset" in grid
         if "dataset" in d and given:
             raise SpecError("'dataset' is given both at the top level and as a setting; keep one")
         if "dataset" not in d and not given:
@@ -110,7 +110,7 @@ class StudySpec:
                 raise SpecError(f"grid axis {axis!r} must be a non-empty list of values")
             if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
                 raise SpecError(f"grid axis {axis!r} repeats a value: {values}")
-        grouped = {a for a, values in grid.items() if all(isinstance(v, dict) for v in values)}
+        grouped = {a for a, values in grid.items() if _is_grouped(values)}
         for axis in grouped:
             _check_grouped_axis(axis, grid[axis], fixed, {a for a in grid if a != axis})
         for key in [*fixed, *(a for a in grid if a not in grouped)]:
@@ -156,7 +156,7 @@ class StudySpec:
     @property
     def grouped_axes(self) -> list[str]:
         """Axes whose values are tables of settings (each sets several settings at once)."""
-        return [a for a, values in self.grid.items() if all(isinstance(v, dict) for v in values)]
+        return [a for a, values in self.grid.items() if _is_grouped(values)]
 
     @property
     def datasets(self) -> list[str]:
@@ -222,6 +222,11 @@ class StudySpec:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _is_grouped(values: list[Any]) -> bool:
+    """A grouped axis: every value is a table of settings."""
+    return all(isinstance(v, dict) for v in values)
 
 
 def group_label(value: dict[str, Any]) -> str:
