@@ -12,6 +12,7 @@ from torch import nn
 
 import srrlab
 from srrlab.measures import MEASURES, MeasureContext, MeasureSettings, compute_measures
+from srrlab.models import CompressionStep
 from srrlab.measures.norms import path_norm_log
 
 NORM_MEASURES = ["param-norm", "fro-dist", "dist-spec-init", "log-prod-of-spec", "log-sum-of-spec",
@@ -302,18 +303,16 @@ def test_path_norm_closed_form(variant, pool):
     assert math.exp(path_norm_log(model)) == pytest.approx(expected, rel=1e-12)
 
 
-def _literal_path_norm(model, monkeypatch) -> float:
+def _literal_path_norm(model) -> float:
     """Jiang's recipe done literally on the model's own forward: square every parameter, all-ones
     image, LayerNorm off (forward_layers(layernorm=False)), softmax attention made uniform."""
     squared = copy.deepcopy(model).double()
     with torch.no_grad():
         for param in squared.parameters():
             param.pow_(2)
-
-    def uniform(q, k, v, **kwargs):
-        return v.mean(dim=-2, keepdim=True).expand_as(v)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", uniform)
+    for module in squared.modules():
+        if isinstance(module, CompressionStep):
+            module.scale = 0.0  # softmax of all-equal scores: uniform attention
     cfg = model.config
     ones = torch.ones(1, cfg.channels, cfg.image_size, cfg.image_size, dtype=torch.float64)
     with torch.no_grad():
@@ -322,7 +321,7 @@ def _literal_path_norm(model, monkeypatch) -> float:
 
 @pytest.mark.parametrize("variant,pool", [("crate-c", "cls"), ("crate", "mean"), ("crate-t", "cls"),
                                           ("crate-identity", "cls")])
-def test_path_norm_is_jiangs_recipe_where_no_fixed_coefficient_is_negative(variant, pool, monkeypatch):
+def test_path_norm_is_jiangs_recipe_where_no_fixed_coefficient_is_negative(variant, pool):
     """With D = 0 and λ = 0 the ISTA step has no negative fixed coefficient, so the convention must
     agree with the literal recipe on random weights (depth 2, several heads, LayerNorms random)."""
     model, _ = _pair(variant, pool=pool, lambd=0.0)
@@ -334,7 +333,7 @@ def test_path_norm_is_jiangs_recipe_where_no_fixed_coefficient_is_negative(varia
         for layer in model.layers:
             layer.ista.weight.zero_()
     value = MEASURES["path-norm"](MeasureContext(model))
-    assert value == pytest.approx(_literal_path_norm(model, monkeypatch), rel=1e-10)
+    assert value == pytest.approx(_literal_path_norm(model), rel=1e-10)
 
 
 def test_path_norm_properties():

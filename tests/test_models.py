@@ -411,6 +411,67 @@ def test_compression_rate_gradient_equals_autograd(heads, p, gamma):
         _close(out[b], ref_rc_grad(z_small[b].T, wq.T, heads, gamma).T)
 
 
+@pytest.mark.parametrize("shape,scale", [((2, 3, 7, 5), 0.3), ((1, 2, 17, 16), 0.25)])
+def test_tied_attention_function_values_and_gradients(shape, scale):
+    """The tied-attention autograd function: gradcheck in fp64, and the values and gradients of
+    scaled_dot_product_attention with q = k = v (which differentiates q, k, v separately)."""
+    from srrlab.models.crate import _TiedAttention
+
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(*shape, generator=g, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: _TiedAttention.apply(t, scale), (w,))
+    up = torch.randn(*shape, generator=g, dtype=F64)
+    (_TiedAttention.apply(w, scale) * up).sum().backward()
+    ours = w.grad.clone()
+    w.grad = None
+    ref = F.scaled_dot_product_attention(w, w, w, scale=scale)
+    (ref * up).sum().backward()
+    _close(_TiedAttention.apply(w, scale), ref)
+    _close(ours, w.grad)
+    # a strided (transposed) input, as the compression step passes it
+    wt = w.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(True)
+    assert not wt.is_contiguous()
+    (_TiedAttention.apply(wt, scale) * up).sum().backward()
+    _close(wt.grad, ours)
+
+
+@pytest.mark.parametrize("variant", ["crate", "crate-t"])
+def test_compression_step_gradients_equal_the_explicit_formula(variant):
+    """Parameter and input gradients of the compression step (tied-attention path on CPU) equal
+    those of the explicit softmax(w wᵀτ) w written with autograd."""
+    cfg = CRATEConfig(variant=variant, image_size=8, patch_size=2, channels=1, dim=32, depth=1, heads=4)
+    step = CompressionStep(cfg).double()
+    z = torch.randn(3, 9, 32, dtype=F64, requires_grad=True)
+    up = torch.randn(3, 9, 32, dtype=F64)
+    (step(z) * up).sum().backward()
+    got = [z.grad.clone()] + [p.grad.clone() for p in step.parameters()]
+    z.grad = None
+    step.zero_grad()
+    w = step.qkv(z).view(3, 9, 4, 8).transpose(1, 2)
+    s = torch.softmax(w @ w.mT * step.scale, -1) @ w
+    s = s.transpose(1, 2).reshape(3, 9, 32)
+    out = step.to_out(s) if variant == "crate" else s @ step.qkv.weight.t()
+    (out * up).sum().backward()
+    want = [z.grad] + [p.grad for p in step.parameters()]
+    for a, b in zip(got, want):
+        _close(a, b)
+
+
+def test_attention_dropout_takes_the_sdpa_path():
+    """With attention dropout in training the step is random (SDPA with dropout); in eval it is not."""
+    cfg = CRATEConfig(variant="crate-c", image_size=8, patch_size=2, channels=1, dim=32, depth=1, heads=4,
+                      dropout=0.0, attn_dropout=0.5)
+    step = CompressionStep(cfg)
+    z = torch.randn(2, 9, 32)
+    step.train()
+    torch.manual_seed(0)
+    a = step(z)
+    torch.manual_seed(1)
+    assert not torch.allclose(a, step(z))
+    step.eval()
+    torch.testing.assert_close(step(z), step(z))
+
+
 # ======================================================================================
 # 5. The ISTA step
 # ======================================================================================
@@ -431,6 +492,42 @@ def test_ista_step_matches_column_and_official_forms(beta, lambd):
         _close(out[b], ref_ista_official_rows(y[b], D, beta, lambd))
     assert (out >= 0).all() and (out == 0).any() and (out > 0).any()
 
+
+
+def test_ista_operator_is_the_linear_part_of_the_step():
+    """A = I + β(Dᵀ − DᵀD) written out entry by entry equals operator(), and A Y − βλ before the ReLU."""
+    cfg = CRATEConfig(variant="crate", image_size=8, patch_size=2, channels=1, dim=16, depth=1, heads=4,
+                      ista=0.3, lambd=0.2)
+    step = ISTAStep(cfg).double()
+    D = step.weight.detach()
+    d = D.shape[0]
+    naive = torch.empty(d, d, dtype=F64)
+    for i in range(d):
+        for j in range(d):
+            naive[i, j] = (i == j) + 0.3 * (D[j, i] - sum(D[k, i] * D[k, j] for k in range(d)))
+    _close(step.operator().detach(), naive)
+    y = torch.randn(2, 5, d, dtype=F64)
+    with torch.no_grad():
+        _close(step(y), torch.relu(y @ naive.T - 0.3 * 0.2))
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5])
+def test_ista_gradients_equal_the_three_product_form(beta):
+    """The one-product step has the gradients (in y and in D) of the official three-product form."""
+    cfg = CRATEConfig(variant="crate", image_size=8, patch_size=2, channels=1, dim=32, depth=1, heads=4,
+                      ista=beta, lambd=0.1)
+    step = ISTAStep(cfg).double()
+    g = torch.Generator().manual_seed(3)
+    y = torch.randn(4, 9, 32, generator=g, dtype=F64, requires_grad=True)
+    w = torch.randn(4, 9, 32, generator=g, dtype=F64)
+    (step(y) * w).sum().backward()
+    gy, gD = y.grad.clone(), step.weight.grad.clone()
+    y.grad = None
+    D = step.weight.detach().clone().requires_grad_(True)
+    (ref_ista_official_rows(y, D, beta, 0.1) * w).sum().backward()
+    _close(gy, y.grad)
+    _close(gD, D.grad)
+    assert gD.abs().max() > 0
 
 # ======================================================================================
 # 6. forward_layers, the LayerNorm-free forward and subspaces()

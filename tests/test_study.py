@@ -189,10 +189,11 @@ def test_sigkill_at_several_moments_then_resume(reference, tiny_spec, tmp_path):
 # -- Dask ----------------------------------------------------------------------------------
 def _close_enough(a: pd.DataFrame, b: pd.DataFrame) -> None:
     # worker processes use a different torch thread count: equal up to float reassociation
+    # (absolute slack too: gaps are differences of nearly equal losses, ~1e-4 here)
     a, b = _values(a), _values(b)
     assert list(a["status"]) == list(b["status"])
     num = [c for c in a.columns if c not in ("id", "status")]
-    pd.testing.assert_frame_equal(a[num], b[num], rtol=1e-3, check_dtype=False)
+    pd.testing.assert_frame_equal(a[num], b[num], rtol=1e-3, atol=1e-5, check_dtype=False)
 
 
 def test_dask_local_cluster_two_workers(reference, tiny_spec, tmp_path):
