@@ -1,7 +1,11 @@
 """The benchmarks' reference implementation of the official CRATE formulation computes what srrlab's
-``crate`` computes (the premise of every "vs official" figure)."""
+``crate`` computes (the premise of every "vs official" figure); the study-throughput benchmark runs a
+small study and reports consistent numbers."""
 from __future__ import annotations
 
+import json
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +15,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from official_crate import from_srrlab  # noqa: E402
+from study_throughput import study_throughput  # noqa: E402
 from vs_official import _ref_keys, check_same_outputs  # noqa: E402
 
 import srrlab  # noqa: E402
@@ -37,3 +42,125 @@ def test_reference_refuses_other_variants_and_benchmark_check_passes():
         from_srrlab(srrlab.create_model("crate-t-digits"))
     checks = check_same_outputs("digits", batch=4)
     assert checks["logits_rel_fp64"] < 1e-12 and checks["grads_rel_fp32"] < 1e-4
+
+
+def test_study_throughput_digits_runs_and_reports_consistent_numbers(tmp_path):
+    import sqlite3
+
+    row = study_throughput("digits", 1, models=2, root=tmp_path, epochs=1, dim=32, depth=1, batch_size=256,
+                           measures=["srr", "l2", "path-norm"], measure_settings={"max_images": 100, "srr_images": 50})
+    assert row["size"] == "digits" and row["workers"] == 1 and row["models"] == 2
+    assert row["threads_per_worker"] == max(1, (os.cpu_count() or 1) // 1)
+    assert row["wall_s"] > 0
+    assert row["models_per_hour"] == pytest.approx(3600 * 2 / row["wall_s"], rel=1e-12)
+    assert row["per_model_s"] == pytest.approx(row["wall_s"] / 2, rel=1e-12)
+    assert row["epochs"] == 1 and row["epochs_run"] == [1, 1]
+    assert row["measures"] == ["srr", "l2", "path-norm"]
+    assert row["variants"] == ["crate-c", "crate-n"] and row["statuses"] == {"done": 2}
+    assert 0 < row["train_s_sum"] < row["wall_s"] and 0 < row["store_span_s"] <= row["wall_s"]
+    study = Path(row["dir"])
+    assert study.parent.parent == tmp_path
+    with sqlite3.connect(study / "study.sqlite") as db:
+        runs = db.execute("SELECT id, status, measures FROM runs").fetchall()
+    assert len(runs) == 2
+    for run_id, status, measures in runs:
+        assert status == "done"
+        assert (study / "runs" / run_id / "summary.json").is_file()
+        values = json.loads(measures)
+        assert set(values) == set(row["measures"]) and all(math.isfinite(v) for v in values.values())
+
+
+# --------------------------------------------------------------------------------------
+# benchmarks/flops.py: the analytic step count equals what FlopCounterMode counts
+# --------------------------------------------------------------------------------------
+from flops import PARTS, measured_flops, step_flops  # noqa: E402
+
+from srrlab.models import VARIANTS  # noqa: E402
+
+_KEYS = ("forward", "backward", "total")
+
+
+def _small(variant: str, **overrides):
+    torch.manual_seed(0)
+    return srrlab.create_model(f"{variant}-digits", depth=2, dim=32, heads=4, **overrides)
+
+
+def _assert_analytic_equals_measured(model, batch: int = 3, **kwargs):
+    analytic, measured = step_flops(model, batch, **kwargs), measured_flops(model, batch)
+    assert {k: analytic[k] for k in _KEYS} == measured
+    assert measured["total"] > 0
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_step_flops_equal_flop_counter_for_every_variant(variant):
+    _assert_analytic_equals_measured(_small(variant))
+
+
+@pytest.mark.parametrize("variant", [v for v, spec in VARIANTS.items() if not spec.needs_square])
+def test_step_flops_equal_flop_counter_when_heads_times_dim_head_is_not_dim(variant):
+    model = _small(variant, dim_head=12)
+    assert model.config.inner_dim == 48 != model.config.dim
+    _assert_analytic_equals_measured(model)
+
+
+@pytest.mark.parametrize("dim_head", [8, 12])
+def test_step_flops_equal_flop_counter_for_official_reference(dim_head):
+    ours = _small("crate", dim_head=dim_head)
+    ref = from_srrlab(ours)
+    ref.config = ours.config
+    _assert_analytic_equals_measured(ref)
+    assert step_flops(ref, 3) == step_flops(ours.config, 3, official=True)
+
+
+@pytest.mark.parametrize("variant", ["crate", "crate-fix", "crate-g"])
+def test_step_flops_equal_flop_counter_for_other_shapes_and_options(variant):
+    model = srrlab.create_model(f"{variant}-digits", image_size=12, patch_size=3, channels=2, num_classes=5,
+                                dim=24, depth=1, heads=3, dim_head=5, pool="mean", prenorm=False, eps=0.5)
+    _assert_analytic_equals_measured(model, batch=2)
+
+
+def test_step_flops_count_math_attention_when_cpu_attention_dropout_is_active():
+    model = _small("crate", dropout=0.1).train()  # CPU SDPA falls back to its math decomposition
+    _assert_analytic_equals_measured(model)
+    c = model.config
+    one_scores_product = 2 * 3 * c.heads * c.num_tokens**2 * c.dim_head
+    counts = {a: step_flops(model, 3, attention=a)["total"] for a in ("tied", "explicit", "sdpa")}
+    assert counts["explicit"] == step_flops(model, 3)["total"]
+    assert counts["explicit"] - counts["tied"] == counts["sdpa"] - counts["explicit"] == c.depth * one_scores_product
+    with pytest.raises(ValueError, match="attention must be one of"):
+        step_flops(model, 3, attention="flash")
+
+
+def test_step_flops_closed_forms_and_parts():
+    c, b = _small("crate").config, 3
+    n, d, L = c.num_tokens, c.dim, c.depth
+    counts = step_flops(c, b)
+    for key in ("forward", "backward", "total"):
+        assert counts[key] == sum(part[key] for part in counts["parts"].values())
+    assert tuple(counts["parts"]) == PARTS
+    ista = counts["parts"]["ista"]
+    assert ista["forward"] == L * (2 * b * n * d**2 + 2 * d**3)  # A = I + β(Dᵀ − DᵀD), then y·Aᵀ
+    assert ista["backward"] == 2 * ista["forward"]
+    assert step_flops(c, b, official=True)["parts"]["ista"]["forward"] == L * 3 * 2 * b * n * d**2
+    assert counts["parts"]["attention_core"]["forward"] == L * 2 * 2 * b * c.heads * n * n * c.dim_head
+    assert counts["parts"]["head"]["forward"] == 2 * b * d * c.num_classes
+    assert counts["parts"]["patch_embed"]["backward"] == 2 * 2 * b * c.num_patches * c.patch_dim * d
+
+
+def test_output_operator_part_is_the_measured_difference_between_variants():
+    # crate-c and crate-identity differ only in the output product (s @ Uᵀ): 1 forward, 2 backward;
+    # crate-fix's operator is a buffer: 1 backward product.
+    c_counts = measured_flops(_small("crate-c"), 3)
+    identity, fixed = measured_flops(_small("crate-identity"), 3), measured_flops(_small("crate-fix"), 3)
+    part = step_flops(_small("crate-c"), 3)["parts"]["output_op"]
+    assert c_counts["forward"] - identity["forward"] == part["forward"]
+    assert c_counts["backward"] - identity["backward"] == part["backward"]
+    assert c_counts["backward"] - fixed["backward"] == part["backward"] // 2
+
+
+def test_step_flops_needs_a_config_on_the_reference():
+    ref = from_srrlab(_small("crate"))
+    with pytest.raises(ValueError, match="ref.config = model.config"):
+        step_flops(ref, 3)
+    with pytest.raises(ValueError, match="official formulation is the 'crate' variant"):
+        step_flops(_small("crate-c").config, 3, official=True)
