@@ -164,3 +164,58 @@ def test_step_flops_needs_a_config_on_the_reference():
         step_flops(ref, 3)
     with pytest.raises(ValueError, match="official formulation is the 'crate' variant"):
         step_flops(_small("crate-c").config, 3, official=True)
+
+
+# -- the suite ------------------------------------------------------------------------------
+def test_suite_paired_speedup_and_targets_verdicts():
+    import suite
+
+    assert suite.paired_speedup([2.0, 4.0, 3.0], [1.0, 1.0, 3.0]) == 2.0  # median of 2, 4, 1
+    results = {
+        "step": {"rows": [
+            {"size": "tiny", "model": "crate", "speedup_vs_official": 1.6, "peak_fraction": 0.45},
+            {"size": "digits", "model": "crate", "speedup_vs_official": 1.2, "peak_fraction": 0.2}]},
+        "srr": {"rows": [{"tokens": 197, "speedup": 4.0}, {"tokens": 65, "speedup": 1.1}]},
+        "regularizer": {"rows": [{"model": "crate-t-tiny", "mode": "last", "overhead": 0.05},
+                                 {"model": "crate-t-digits", "mode": "last", "overhead": 0.30},
+                                 {"model": "crate-t-digits", "mode": "all", "overhead": 2.0}]},
+    }
+    got = {t["target"]: (t["met"], t["missed_by"]) for t in suite.targets(results)}
+    assert got["`crate` step vs official, tiny"] == (True, None)
+    assert got["`crate` step vs official, digits"] == (False, pytest.approx(1.25))
+    assert got["`crate` tiny step, fraction of GEMM peak"] == (False, pytest.approx(0.60 / 0.45))
+    assert got["SRR measure vs naive, N=197"] == (False, pytest.approx(1.25))
+    assert got["SRR measure vs naive, N=65"] == (True, None)
+    assert got["regulariser overhead, last layer, crate-t-tiny"] == (True, None)
+    assert got["regulariser overhead, last layer, crate-t-digits"] == (False, pytest.approx(3.0))
+    assert len(got) == 7
+
+
+def test_suite_runs_the_step_section_and_writes_json_and_markdown(tmp_path, monkeypatch):
+    import json
+
+    import suite
+
+    monkeypatch.setitem(suite.SHAPES, "digits", dict(batch=8, steps=1))
+    monkeypatch.setattr(suite, "VARIANTS", {"crate": None, "crate-t": None})
+    results = suite.run_suite(["step", "profile"], ["digits"], 1, tmp_path)
+    rows = {r["model"]: r for r in results["step"]["rows"]}
+    assert set(rows) == {"official", "crate", "crate-t"}
+    assert rows["official"]["speedup_vs_official"] == 1.0
+    assert rows["crate"]["gflop_per_step"] == pytest.approx(flops_step(rows["crate"]) / 1e9)
+    assert rows["crate"]["peak_fraction"] is None  # no machine section: no peak
+    assert results["step"]["checks"]["digits"]["logits_rel_fp64"] < 1e-12
+    kinds = results["profile"]["digits"]["crate"]["kinds"]
+    assert sum(kinds.values()) == pytest.approx(1.0) and kinds["matrix products"] > 0
+    [target] = results["targets"]
+    assert target["target"] == "`crate` step vs official, digits"
+    saved = json.loads((tmp_path / f"{results['meta']['date']}.json").read_text())
+    assert saved["step"]["rows"][1]["model"] == "crate"
+    md = (tmp_path / f"{results['meta']['date']}.md").read_text()
+    assert "| digits | crate-t | 8 |" in md and "## Targets" in md
+    with pytest.raises(ValueError, match="unknown sections"):
+        suite.run_suite(["steps"], ["digits"], 1, tmp_path)
+
+
+def flops_step(row):
+    return step_flops(srrlab.create_model(f"{row['model']}-digits"), row["batch"])["total"]

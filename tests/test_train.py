@@ -166,6 +166,7 @@ def test_cosine_schedule_and_warmup():
     (dict(batch_size=0), "batch_size"),
     (dict(lr=-1.0), "lr"),
     (dict(schedule="step"), "schedule"),
+    (dict(compile="yes"), "compile must be true or false"),
 ])
 def test_config_errors(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -185,6 +186,74 @@ def test_amp_refused_on_cpu(tmp_path, digits):
     with pytest.raises(ValueError, match="CUDA"):
         train(_small(amp=True, device="cpu"), tmp_path / "r", quiet=True, splits=digits)
     assert not (tmp_path / "r").exists(), "a refused run must leave nothing behind"
+
+
+# -- torch.compile -------------------------------------------------------------------------
+def _tiny(**kw):
+    """The smallest model; 1437 = 3 × 479 training images, so every batch is full and one shape compiles."""
+    base = dict(model="crate-t-digits", model_options={"depth": 1, "dim": 16, "heads": 2}, epochs=2, batch_size=479,
+                target_ce=None, lr=1e-2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # from torch's compile path
+def test_compile_matches_eager_and_checkpoints_stay_plain(tmp_path, digits, monkeypatch):
+    """The one test that really compiles (inductor, ~10 s on 2 CPU cores): same losses as eager, checkpoints
+    without ``_orig_mod.``, and a run checkpointed with compile resumes without it."""
+    cfg = _tiny(compile=True)
+    eager = train(_tiny(), tmp_path / "eager", quiet=True, splits=digits)
+    train_interrupted(cfg, tmp_path / "c", monkeypatch, at_epoch=2, quiet=True, splits=digits)
+    assert read_json(tmp_path / "c" / "config.json")["train"]["compile"] is True
+    weights = load_weights(tmp_path / "c" / "checkpoint" / "epoch-0001" / "model.safetensors")
+    assert weights.keys() == eager.model.state_dict().keys()
+    assert not [k for k in weights if "_orig_mod" in k]
+    compiled = read_jsonl(tmp_path / "c" / "metrics.jsonl")
+    assert len(compiled) == 2
+    for c, e in zip(_strip(compiled), _strip(eager.metrics)):
+        assert c == pytest.approx(e, rel=1e-4)
+    # resume the compiled run's checkpoint with compile off: the rest of the run is eager training
+    config = read_json(tmp_path / "c" / "config.json")
+    config["train"]["compile"] = False
+    (tmp_path / "c" / "config.json").write_text(json.dumps(config))
+    resumed = resume(tmp_path / "c", quiet=True, splits=digits)
+    assert len(resumed.metrics) == len(eager.metrics) == 3
+    for r, e in zip(_strip(resumed.metrics), _strip(eager.metrics)):
+        assert r == pytest.approx(e, rel=1e-4)
+    final = load_weights(tmp_path / "c" / "weights_final.safetensors")
+    for k, v in eager.model.state_dict().items():
+        torch.testing.assert_close(final[k], v, rtol=1e-4, atol=1e-6)
+
+
+def test_compile_failures_are_refused(tmp_path, digits, monkeypatch, capsys):
+    """No compilation here: torch.compile is replaced by failing stand-ins."""
+    def fails_at_call(model, **kw):
+        def forward(*a, **k):
+            raise RuntimeError("InductorError: no working C++ compiler found")
+        return forward
+
+    monkeypatch.setattr(torch, "compile", fails_at_call)
+    with pytest.raises(ValueError, match=r"torch.compile failed to set up \(RuntimeError: InductorError.*drop --compile"):
+        train(_tiny(compile=True), tmp_path / "r", quiet=True, splits=digits)
+    assert not (tmp_path / "r").exists(), "a refused run must leave nothing behind"
+    # the CLI flag reaches TrainConfig.compile and the refusal is one clear line
+    assert cli(["train", "--model", "crate-t-digits", "--set", "depth=1", "--set", "dim=16", "--set", "heads=2",
+                "--epochs", "1", "--compile", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "drop --compile" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    assert cli(["train", "--resume", str(tmp_path / "x"), "--compile"]) == 2
+    assert "--compile" in capsys.readouterr().err
+    monkeypatch.delattr(torch, "compile")
+    with pytest.raises(ValueError, match="has no torch.compile.*drop --compile"):
+        train(_tiny(compile=True), tmp_path / "r", quiet=True, splits=digits)
+    monkeypatch.undo()
+    # a study spec takes compile like any TrainConfig field
+    from srrlab.study.spec import SpecError, StudySpec
+
+    spec = dict(name="s", dataset="digits", fixed={"model": "crate-t-digits", "compile": True})
+    assert StudySpec.from_dict(spec).train_config({}).compile is True
+    with pytest.raises(SpecError, match="compile"):
+        StudySpec.from_dict({**spec, "fixed": {"model": "crate-t-digits", "compile": "yes"}})
 
 
 # -- CLI ---------------------------------------------------------------------------------

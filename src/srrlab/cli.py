@@ -90,7 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         given = [f for f in _TRAIN_FLAGS if f in vars(args)] + (["set"] if args.set else []) \
-            + (["augment"] if args.augment else [])
+            + (["augment"] if args.augment else []) + (["compile"] if args.compile else [])
         if given or args.out:
             raise ValueError(
                 "--resume continues a run with its saved configuration; do not combine it with "
@@ -105,6 +105,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             options["augment"] = args.augment
         if args.amp:
             options["amp"] = True
+        if args.compile:
+            options["compile"] = True
         options["model_options"] = _key_values(args.set, "--set")
         options["data_options"] = _key_values(args.data_option, "--data-option")
         cfg = TrainConfig(**options)
@@ -357,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help=f"default {defaults.seed}")
     p.add_argument("--device", help="auto (CUDA if available), cpu, cuda, cuda:N (default auto)")
     p.add_argument("--amp", action="store_true", default=False, help="bf16 autocast (CUDA only)")
+    p.add_argument("--compile", action="store_true", default=False,
+                   help="torch.compile the training forward (opt-in; compilation takes ~30 s on first use; "
+                        "see docs/performance.md)")
     p.add_argument("--eval-batch-size", type=int, help=f"default {defaults.eval_batch_size}")
     p.add_argument("--srr-every", type=int, metavar="E",
                    help="record the per-layer SRR table (LayerNorm removed, train set) at init and every E epochs")

@@ -10,7 +10,8 @@ The layer runs as in training (pre-norm LayerNorms kept, dropout active in train
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,12 +72,15 @@ class SRRRegularizer:
             mu = mu + self.l1 * z.abs().sum(dim=(-2, -1))
         return mu
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, generator: torch.Generator | None = None
+    def __call__(self, model: nn.Module, x: torch.Tensor, generator: torch.Generator | None = None, *,
+                 forward_layers: Callable[[torch.Tensor], Any] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, dict[int, float]]:
         """``(logits, regulariser, {ℓ (1-based): mean μ^ℓ over the batch})`` for images ``x``.
 
-        The regulariser is the mean over the selected layers of the batch-mean μ^ℓ, *without* η."""
-        out = model.forward_layers(x)
+        The regulariser is the mean over the selected layers of the batch-mean μ^ℓ, *without* η.
+        ``forward_layers`` replaces ``model.forward_layers`` for the forward pass (e.g. a
+        ``torch.compile``'d version of it); the layers are re-applied from ``model`` itself."""
+        out = (forward_layers or model.forward_layers)(x)
         values = {}
         terms = []
         for ell in self.select(generator):

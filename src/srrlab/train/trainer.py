@@ -79,6 +79,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto" (CUDA if available, else CPU), "cpu", "cuda", "cuda:1", …
     amp: bool = False  # bf16 autocast, CUDA only
+    # torch.compile (inductor, dynamic=False) the training forward; ``model``, checkpoints, evaluation
+    # and measures stay on the plain module. Opt-in: compilation costs time at the start of a run.
+    compile: bool = False
     eval_batch_size: int = 500
     srr_every: int = 0  # record the per-layer SRR table at init and every E epochs (0: never)
     srr_images: int | None = 500  # training images it is averaged over (fixed subset)
@@ -124,6 +127,8 @@ class TrainConfig:
             raise ValueError(f"srr_images must be a positive integer or None (all), got {self.srr_images!r}")
         if self.target_ce is not None and self.target_ce < 0:
             raise ValueError(f"target_ce must be non-negative or None, got {self.target_ce!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be true or false, got {self.compile!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -238,6 +243,52 @@ class Trainer:
             from .regularizer import parse_layers
 
             parse_layers(cfg.srr_layers, self.model_config.depth)  # validate even when η = 0
+        # The training forward: the plain module, or torch.compile'd views of it after _setup_compile().
+        # Parameters are shared, so the optimizer, checkpoints and evaluation use ``self.model`` as is.
+        self.forward = self.model
+        self.forward_layers = self.model.forward_layers
+        self.compile_s: float | None = None  # seconds spent compiling at setup (None: not compiled)
+
+    # -- torch.compile -----------------------------------------------------------------
+    def _setup_compile(self) -> None:
+        """With ``cfg.compile``: wrap the training forward in ``torch.compile(dynamic=False)`` and compile it
+        now (forward and backward, for a full batch and for the epoch's smaller last batch if there is
+        one), so that a failure is a ``ValueError`` before anything is trained and no epoch's time
+        includes compilation (``compile_s`` is added to the run's wall time instead).
+
+        ``self.model`` stays the plain module (no ``_orig_mod.`` prefixes in checkpoints). With the SRR
+        regulariser, ``forward_layers`` is compiled; the re-applied layer and μ^ℓ run eagerly. Idempotent."""
+        if not self.cfg.compile or self.compile_s is not None:
+            return
+        if getattr(torch, "compile", None) is None:
+            raise ValueError(f"compile: torch {torch.__version__} has no torch.compile; train without it (drop --compile)")
+        t0 = time.perf_counter()
+        try:
+            if self.regularizer is None:
+                self.forward = torch.compile(self.model, dynamic=False)
+            else:
+                self.forward_layers = torch.compile(self.model.forward_layers, dynamic=False)
+            n = len(self.splits.train)
+            # static shapes: one graph for full batches and one for a smaller last batch of the epoch
+            sizes = sorted({min(self.cfg.batch_size, n), n % self.cfg.batch_size} - {0}, reverse=True)
+            was_training = self.model.training
+            self.model.train()
+            # the warm-up steps must not move the RNG streams (dropout) or leave gradients behind
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                for size in sizes:
+                    x = self.splits.train.images[:size].to(self.device)
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
+                        logits = self.forward(x) if self.regularizer is None else self.forward_layers(x).logits
+                    logits.float().sum().backward()
+            self.model.train(was_training)
+            self.model.zero_grad(set_to_none=True)
+        except Exception as exc:  # noqa: BLE001 - any backend failure becomes one clear message
+            self.forward, self.forward_layers = self.model, self.model.forward_layers
+            self.model.zero_grad(set_to_none=True)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ValueError(f"torch.compile failed to set up ({type(exc).__name__}: {first}); "
+                             "train without it (drop --compile)") from exc
+        self.compile_s = time.perf_counter() - t0
 
     # -- files --------------------------------------------------------------------------
     @property
@@ -335,6 +386,7 @@ class Trainer:
         return None
 
     def run(self, start_epoch: int, metrics: list[dict[str, Any]], elapsed: float = 0.0) -> RunResult:
+        self._setup_compile()
         cfg, model, opt = self.cfg, self.model, self.optimizer
         train = self.splits.train
         x_all = train.images.to(self.device)
@@ -367,9 +419,10 @@ class Trainer:
                         group["lr"] = lr
                     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
                         if self.regularizer is None:
-                            logits = model(x)
+                            logits = self.forward(x)
                         else:
-                            logits, reg, values = self.regularizer(model, x, layer_gen)
+                            logits, reg, values = self.regularizer(model, x, layer_gen,
+                                                                   forward_layers=self.forward_layers)
                             for ell, v in values.items():
                                 reg_sums.setdefault(ell, []).append(v)
                     ce = F.cross_entropy(logits.float(), y)
@@ -428,6 +481,7 @@ def train(config: TrainConfig | None = None, run_dir: str | os.PathLike | None =
             f"`srrlab train --resume {run_dir}` or choose another --out"
         )
     trainer = Trainer(cfg, run_dir, quiet=quiet, splits=splits)
+    trainer._setup_compile()  # before the run folder exists: a refused --compile leaves nothing behind
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", {"train": cfg.to_dict(), "model": trainer.model_config.to_dict(),
                                          "versions": _provenance()})
@@ -436,7 +490,7 @@ def train(config: TrainConfig | None = None, run_dir: str | os.PathLike | None =
     m0 = trainer._epoch_metrics(0, 0, 0.0, None, 0.0)
     trainer._record_srr(m0, final=False)
     trainer._save_checkpoint(0, [m0])
-    return trainer.run(0, [m0], time.perf_counter() - t0)
+    return trainer.run(0, [m0], time.perf_counter() - t0 + (trainer.compile_s or 0.0))
 
 
 def resume(run_dir: str | os.PathLike, *, quiet: bool = False, splits: Splits | None = None) -> RunResult:
@@ -457,7 +511,8 @@ def resume(run_dir: str | os.PathLike, *, quiet: bool = False, splits: Splits | 
     if summary.get("status", "running") != "running" and summary.get("epochs") == epoch \
             and (run_dir / "weights_final.safetensors").exists():
         return RunResult(run_dir, summary["status"], epoch, metrics, trainer.model)
-    return trainer.run(epoch, metrics, float(summary.get("wall_time_s", 0.0)))
+    trainer._setup_compile()
+    return trainer.run(epoch, metrics, float(summary.get("wall_time_s", 0.0)) + (trainer.compile_s or 0.0))
 
 
 def load_run(run_dir: str | os.PathLike, which: str = "final", device: str | torch.device = "cpu") -> CRATE:
