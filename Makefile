@@ -22,10 +22,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The benchmark suite (~25 min here): benchmarks/results/<date>.json and <date>.md.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/step_time.py
-	$(BIN)/python benchmarks/regularizer_overhead.py
-	$(BIN)/python benchmarks/vs_official.py
+	$(BIN)/python benchmarks/suite.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
