@@ -5,17 +5,24 @@ Sections (each at the ``tiny`` shape — d=384, L=12, K=6, 32×32×3 images, pat
 and at the digits preset — 8×8×1, patch 2, d=64, L=4, K=4, batch 64):
 
 ``machine``     this machine's fp32 GEMM peak, measured (best of square and model-shaped products).
-``step``        forward + cross-entropy + backward + Adam, fp32, every variant against the
-                reference of the official formulation (``official_crate.py``) after checking that
-                both give the same logits and gradients; images/s, speed-up (median of per-round
-                ratios, models interleaved round by round), matrix-product FLOPs per step counted
-                analytically (``flops.py``) and achieved GFLOP/s as a fraction of the GEMM peak.
-``threads``     the ``crate`` and official steps with 1 and with 2 torch threads.
-``compile``     the ``crate`` step eager against ``torch.compile`` (the trainer's ``--compile``).
+``step``        forward + cross-entropy + backward + Adam, fp32, every variant and ``crate`` under
+                ``torch.compile`` (the trainer's ``--compile``) against the reference of the
+                official formulation (``official_crate.py``) after checking that both give the
+                same logits and gradients; images/s, speed-up (median of per-round ratios, models
+                interleaved round by round), matrix-product FLOPs per step counted analytically
+                (``flops.py``) and achieved GFLOP/s as a fraction of the GEMM peak.
 ``profile``     where a ``crate`` step's time goes (torch.profiler, grouped by kind of op).
 ``srr``         the SRR measure against the naive N×N way at N=65 and N=197 (``srr_measure.py``).
 ``regularizer`` the SRR regulariser's overhead, last / random / all layers (``regularizer_overhead.py``).
 ``study``       study throughput, models per hour, with 1 and 2 workers (``study_throughput.py``).
+``threads``     the ``crate`` and official steps with 1 and with 2 torch threads. Run last: after
+                ``torch.set_num_threads`` this torch build's batched MKL LU (``torch.logdet``, the
+                textbook SRR way) can return invalid pivots.
+
+The process's allocator is put in a steady state first (glibc ``mallopt``: no trimming, a large top
+pad), so that every section sees the same allocator whatever ran before it: in a fresh process the
+first large tensors page-fault (the SRR measure at N=197 ran 1.5× slower cold), and a long-running
+training or study process is warm.
 
     python benchmarks/suite.py [--sections step,srr,...] [--sizes tiny,digits] [--rounds 3]
 
@@ -50,7 +57,8 @@ from vs_official import check_same_outputs  # noqa: E402
 from srrlab.models import VARIANTS, create_model  # noqa: E402
 
 SHAPES = {"tiny": dict(batch=128, steps=3), "digits": dict(batch=64, steps=30)}
-SECTIONS = ("machine", "step", "threads", "compile", "profile", "srr", "regularizer", "study")
+SECTIONS = ("machine", "step", "profile", "srr", "regularizer", "study", "threads")
+COMPILED = "crate --compile"
 TARGETS = {
     "step_vs_official": 1.5,  # training step ≥ 1.5× the official formulation at identical outputs
     "tiny_peak_fraction": 0.60,  # the tiny step at ≥ 60% of the measured GEMM peak
@@ -92,6 +100,24 @@ def machine_section() -> dict:
             "cpu": _cpu_name(), "cpu_count": os.cpu_count()}
 
 
+def steady_allocator() -> str:
+    """glibc only: never trim the heap and grow it in 1 GiB steps (``mallopt``), so that large
+    tensors are reused from the heap instead of page-faulting fresh memory on each allocation.
+    Returns what was done (recorded in the results)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+        ok = all(libc.mallopt(k, v) == 1 for k, v in ((m_trim_threshold, 2**31 - 1), (m_top_pad, 2**30),
+                                                      (m_mmap_threshold, 2**25)))
+    except (OSError, AttributeError):
+        ok = False
+    return "glibc mallopt: trim off, top pad 1 GiB, mmap threshold 32 MiB" if ok else "default (mallopt unavailable)"
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -128,18 +154,26 @@ def paired_speedup(reference: list[float], times: list[float]) -> float:
     return statistics.median(r / t for r, t in zip(reference, times))
 
 
-def step_section(sizes: list[str], rounds: int, peak: float | None) -> dict:
-    out: dict = {"checks": {}, "rows": []}
+def step_section(sizes: list[str], rounds: int, peak: float | None, with_compile: bool = True) -> dict:
+    out: dict = {"checks": {}, "rows": [], "compile": []}
     for size in sizes:
         shape = SHAPES[size]
         out["checks"][size] = check_same_outputs(size)
         _log(f"step {size}: same outputs {out['checks'][size]}")
         models = _step_models(size, list(VARIANTS))
+        if with_compile:
+            torch.manual_seed(0)
+            compiled = _Compiled(create_model(f"crate-{size}"))
+            t0 = time.perf_counter()
+            median_step(compiled, shape["batch"], 1, 1)  # compiles forward and backward
+            compile_s = time.perf_counter() - t0
+            _log(f"step {size}: {COMPILED}: first two steps (compilation) {compile_s:.1f} s")
+            models[COMPILED] = compiled
         fns = {k: (lambda m=m: median_step(m, shape["batch"], shape["steps"], 2)[0]) for k, m in models.items()}
         times = interleaved(fns, rounds, f"step {size}")
         for key, model in models.items():
             t = statistics.median(times[key])
-            count = flops.step_flops(model, shape["batch"])
+            count = flops.step_flops(model.model if key == COMPILED else model, shape["batch"])
             gflops = count["total"] / t / 1e9
             out["rows"].append({
                 "size": size, "model": key, "batch": shape["batch"], "step_s": t, "rounds_s": times[key],
@@ -147,11 +181,16 @@ def step_section(sizes: list[str], rounds: int, peak: float | None) -> dict:
                 "gflop_per_step": count["total"] / 1e9, "gflops": gflops,
                 "peak_fraction": gflops / peak if peak else None,
             })
+        if with_compile:
+            out["compile"].append({"size": size, "model": "crate", "batch": shape["batch"], "compile_s": compile_s,
+                                   "eager_step_s": statistics.median(times["crate"]),
+                                   "compiled_step_s": statistics.median(times[COMPILED]),
+                                   "speedup": paired_speedup(times["crate"], times[COMPILED])})
     return out
 
 
 # --------------------------------------------------------------------------------------
-# threads, compile, profile
+# threads, profile
 # --------------------------------------------------------------------------------------
 def _with_threads(n: int, fn: Callable[[], float]) -> float:
     before = torch.get_num_threads()
@@ -189,27 +228,6 @@ class _Compiled(torch.nn.Module):
 
     def forward(self, x):
         return self.compiled(x)
-
-
-def compile_section(sizes: list[str], rounds: int) -> dict:
-    rows = []
-    for size in sizes:
-        shape = SHAPES[size]
-        torch.manual_seed(0)
-        eager = create_model(f"crate-{size}")
-        compiled = _Compiled(create_model(f"crate-{size}"))
-        t0 = time.perf_counter()
-        median_step(compiled, shape["batch"], 1, 1)  # compiles forward and backward
-        compile_s = time.perf_counter() - t0
-        _log(f"compile {size}: first two steps (compilation) {compile_s:.1f} s")
-        fns = {"eager": lambda: median_step(eager, shape["batch"], shape["steps"], 2)[0],
-               "compiled": lambda: median_step(compiled, shape["batch"], shape["steps"], 2)[0]}
-        times = interleaved(fns, rounds, f"compile {size}")
-        rows.append({"size": size, "model": "crate", "batch": shape["batch"], "compile_s": compile_s,
-                     "eager_step_s": statistics.median(times["eager"]),
-                     "compiled_step_s": statistics.median(times["compiled"]),
-                     "rounds_s": times, "speedup": paired_speedup(times["eager"], times["compiled"])})
-    return {"rows": rows}
 
 
 _KINDS = (
@@ -314,9 +332,10 @@ def targets(results: dict) -> list[dict]:
 
     step = results.get("step", {}).get("rows", [])
     for size in SHAPES:
-        r = _row(step, size=size, model="crate")
-        if r:
-            add(f"`crate` step vs official, {size}", r["speedup_vs_official"], TARGETS["step_vs_official"], True)
+        for model in ("crate", COMPILED):
+            r = _row(step, size=size, model=model)
+            if r:
+                add(f"`{model}` step vs official, {size}", r["speedup_vs_official"], TARGETS["step_vs_official"], True)
     r = _row(step, size="tiny", model="crate")
     if r and r["peak_fraction"] is not None:
         add("`crate` tiny step, fraction of GEMM peak", r["peak_fraction"], TARGETS["tiny_peak_fraction"], True, "%")
@@ -340,7 +359,7 @@ def markdown(results: dict) -> str:
     lines = [f"# Benchmark suite, {meta['date']}", "",
              f"Machine: {meta['cpu']} ({meta['cpu_count']} cores), torch {meta['torch']}, {meta['threads']} threads, "
              f"fp32. Sections run: {', '.join(meta['sections'])}; {meta['rounds']} interleaved rounds; "
-             f"wall time {meta['wall_s'] / 60:.1f} min.", ""]
+             f"allocator: {meta.get('allocator', 'default')}; wall time {meta['wall_s'] / 60:.1f} min.", ""]
     if "machine" in results:
         m = results["machine"]
         lines += [f"Measured fp32 GEMM peak: **{m['peak_gflops']:.1f} GFLOP/s** (best of "
@@ -373,10 +392,10 @@ def markdown(results: dict) -> str:
             lines.append(f"| {r['size']} | {r['model']} | {r['threads']} | {r['step_s'] * 1e3:.1f} | "
                          f"{r['speedup_vs_1_thread']:.2f}× |")
         lines.append("")
-    if "compile" in results:
+    if results.get("step", {}).get("compile"):
         lines += ["## `torch.compile` (`--compile`)", "",
                   "| size | model | compilation s | eager ms/step | compiled ms/step | speed-up |", "|---|---|---:|---:|---:|---:|"]
-        for r in results["compile"]["rows"]:
+        for r in results["step"]["compile"]:
             lines.append(f"| {r['size']} | {r['model']} | {r['compile_s']:.0f} | {r['eager_step_s'] * 1e3:.1f} | "
                          f"{r['compiled_step_s'] * 1e3:.1f} | {r['speedup']:.2f}× |")
         lines.append("")
@@ -409,7 +428,7 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def run_suite(sections: list[str], sizes: list[str], rounds: int, out_dir: Path) -> dict:
+def run_suite(sections: list[str], sizes: list[str], rounds: int, out_dir: Path, with_compile: bool = True) -> dict:
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         raise ValueError(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
@@ -417,17 +436,14 @@ def run_suite(sections: list[str], sizes: list[str], rounds: int, out_dir: Path)
     if bad:
         raise ValueError(f"unknown sizes {bad}; choose from {', '.join(SHAPES)}")
     start = time.perf_counter()
+    allocator = steady_allocator()
     results: dict = {}
     peak = None
     if "machine" in sections:
         results["machine"] = machine_section()
         peak = results["machine"]["peak_gflops"]
     if "step" in sections:
-        results["step"] = step_section(sizes, rounds, peak)
-    if "threads" in sections:
-        results["threads"] = threads_section(sizes, rounds)
-    if "compile" in sections:
-        results["compile"] = compile_section(sizes, rounds)
+        results["step"] = step_section(sizes, rounds, peak, with_compile)
     if "profile" in sections:
         results["profile"] = profile_section(sizes)
     if "srr" in sections:
@@ -436,10 +452,13 @@ def run_suite(sections: list[str], sizes: list[str], rounds: int, out_dir: Path)
         results["regularizer"] = regularizer_section(sizes, rounds)
     if "study" in sections:
         results["study"] = study_section(sizes)
+    if "threads" in sections:  # last: torch.set_num_threads can break batched LU (module docstring)
+        results["threads"] = threads_section(sizes, rounds)
     results["targets"] = targets(results)
     results["meta"] = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads(),
                        "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
-                       "sections": sections, "sizes": sizes, "rounds": rounds, "wall_s": time.perf_counter() - start}
+                       "sections": sections, "sizes": sizes, "rounds": rounds, "allocator": allocator,
+                       "wall_s": time.perf_counter() - start}
     out_dir.mkdir(parents=True, exist_ok=True)
     date = results["meta"]["date"]
     (out_dir / f"{date}.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -453,8 +472,10 @@ def main() -> None:
     ap.add_argument("--sizes", default="tiny,digits")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per comparison")
     ap.add_argument("--out-dir", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--no-compile", action="store_true", help="leave torch.compile out of the step section")
     args = ap.parse_args()
-    results = run_suite(args.sections.split(","), args.sizes.split(","), args.rounds, Path(args.out_dir))
+    results = run_suite(args.sections.split(","), args.sizes.split(","), args.rounds, Path(args.out_dir),
+                        with_compile=not args.no_compile)
     print()
     print(markdown(results))
     print(f"\nwritten to {Path(args.out_dir) / results['meta']['date']}.json and .md")

@@ -180,6 +180,8 @@ def test_suite_paired_speedup_and_targets_verdicts():
                                  {"model": "crate-t-digits", "mode": "last", "overhead": 0.30},
                                  {"model": "crate-t-digits", "mode": "all", "overhead": 2.0}]},
     }
+    results["step"]["rows"].append({"size": "digits", "model": suite.COMPILED, "speedup_vs_official": 1.5,
+                                    "peak_fraction": 0.2})
     got = {t["target"]: (t["met"], t["missed_by"]) for t in suite.targets(results)}
     assert got["`crate` step vs official, tiny"] == (True, None)
     assert got["`crate` step vs official, digits"] == (False, pytest.approx(1.25))
@@ -188,7 +190,8 @@ def test_suite_paired_speedup_and_targets_verdicts():
     assert got["SRR measure vs naive, N=65"] == (True, None)
     assert got["regulariser overhead, last layer, crate-t-tiny"] == (True, None)
     assert got["regulariser overhead, last layer, crate-t-digits"] == (False, pytest.approx(3.0))
-    assert len(got) == 7
+    assert got["`crate --compile` step vs official, digits"] == (True, None)
+    assert len(got) == 8
 
 
 def test_suite_runs_the_step_section_and_writes_json_and_markdown(tmp_path, monkeypatch):
@@ -198,7 +201,7 @@ def test_suite_runs_the_step_section_and_writes_json_and_markdown(tmp_path, monk
 
     monkeypatch.setitem(suite.SHAPES, "digits", dict(batch=8, steps=1))
     monkeypatch.setattr(suite, "VARIANTS", {"crate": None, "crate-t": None})
-    results = suite.run_suite(["step", "profile"], ["digits"], 1, tmp_path)
+    results = suite.run_suite(["step", "profile"], ["digits"], 1, tmp_path, with_compile=False)
     rows = {r["model"]: r for r in results["step"]["rows"]}
     assert set(rows) == {"official", "crate", "crate-t"}
     assert rows["official"]["speedup_vs_official"] == 1.0

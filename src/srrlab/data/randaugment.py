@@ -296,7 +296,9 @@ def _warp(images: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
     m, _, h, w = images.shape
     # to_norm maps continuous pixel coordinates (origin at the top-left corner) to affine_grid's [-1, 1].
     to_norm = torch.tensor([[2.0 / w, 0.0, -1.0], [0.0, 2.0 / h, -1.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
-    from_norm = torch.linalg.inv(to_norm)
+    # its inverse in closed form (no LU: batched LU of this torch build's MKL can return invalid
+    # pivots after torch.set_num_threads, which the study runner calls; docs/performance.md)
+    from_norm = torch.tensor([[w / 2.0, 0.0, w / 2.0], [0.0, h / 2.0, h / 2.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
     full = torch.zeros(m, 3, 3, dtype=torch.float64)
     full[:, :2] = matrices
     full[:, 2, 2] = 1.0
