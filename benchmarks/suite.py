@@ -15,6 +15,8 @@ and at the digits preset — 8×8×1, patch 2, d=64, L=4, K=4, batch 64):
 ``srr``         the SRR measure against the naive N×N way at N=65 and N=197 (``srr_measure.py``).
 ``regularizer`` the SRR regulariser's overhead, last / random / all layers (``regularizer_overhead.py``).
 ``study``       study throughput, models per hour, with 1 and 2 workers (``study_throughput.py``).
+``kendall``     ``correlation_table`` with its permutation p-values and bootstrap intervals, 26 measures ×
+                64 models, 10 000 permutations + 2 000 resamples (``kendall_uncertainty.py``).
 ``threads``     the ``crate`` and official steps with 1 and with 2 torch threads. Run last: after
                 ``torch.set_num_threads`` this torch build's batched MKL LU (``torch.logdet``, the
                 textbook SRR way) can return invalid pivots.
@@ -47,6 +49,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 import flops  # noqa: E402
+import kendall_uncertainty  # noqa: E402
 import regularizer_overhead  # noqa: E402
 import srr_measure  # noqa: E402
 import study_throughput  # noqa: E402
@@ -57,7 +60,7 @@ from vs_official import check_same_outputs  # noqa: E402
 from srrlab.models import VARIANTS, create_model  # noqa: E402
 
 SHAPES = {"tiny": dict(batch=128, steps=3), "digits": dict(batch=64, steps=30)}
-SECTIONS = ("machine", "step", "profile", "srr", "regularizer", "study", "threads")
+SECTIONS = ("machine", "step", "profile", "srr", "regularizer", "study", "kendall", "threads")
 COMPILED = "crate --compile"
 TARGETS = {
     "step_vs_official": 1.5,  # training step ≥ 1.5× the official formulation at identical outputs
@@ -65,6 +68,7 @@ TARGETS = {
     "srr_speedup_197": 5.0,  # SRR measurement ≥ 5× the naive way at N=197 ...
     "srr_speedup_65": 1.0,  # ... and no slower at N=65
     "regularizer_last": 0.10,  # last-layer regulariser ≤ 10% overhead
+    "kendall_table_s": kendall_uncertainty.TARGET_S,  # correlation table with uncertainty ≤ 10 s
 }
 
 
@@ -311,6 +315,12 @@ def study_section(sizes: list[str]) -> dict:
     return {"rows": rows}
 
 
+def kendall_section(rounds: int) -> dict:
+    row = kendall_uncertainty.measure(rounds=rounds)
+    _log(f"kendall: table with uncertainty {row['table_s_median']:.2f} s, without {row['fast_table_s_median']:.2f} s")
+    return {"rows": [row]}
+
+
 # --------------------------------------------------------------------------------------
 # the summary
 # --------------------------------------------------------------------------------------
@@ -347,11 +357,14 @@ def targets(results: dict) -> list[dict]:
     for r in results.get("regularizer", {}).get("rows", []):
         if r["mode"] == "last":
             add(f"regulariser overhead, last layer, {r['model']}", r["overhead"], TARGETS["regularizer_last"], False, "%")
+    for r in results.get("kendall", {}).get("rows", []):
+        add(f"correlation table with uncertainty, {r['measures']}×{r['models']}", r["table_s_median"],
+            TARGETS["kendall_table_s"], False, "s")
     return out
 
 
 def _fmt(value: float, unit: str) -> str:
-    return f"{value:.0%}" if unit == "%" else f"{value:.2f}×"
+    return f"{value:.0%}" if unit == "%" else f"{value:.2f} s" if unit == "s" else f"{value:.2f}×"
 
 
 def markdown(results: dict) -> str:
@@ -368,7 +381,8 @@ def markdown(results: dict) -> str:
     if tg:
         lines += ["## Targets", "", "| target | goal | measured | verdict |", "|---|---:|---:|---|"]
         for t in tg:
-            goal = ("≤ " if t["unit"] == "%" and "overhead" in t["target"] else "≥ ") + _fmt(t["goal"], t["unit"])
+            goal = ("≤ " if t["unit"] == "s" or (t["unit"] == "%" and "overhead" in t["target"]) else "≥ ") \
+                + _fmt(t["goal"], t["unit"])
             verdict = "met" if t["met"] else f"missed by {t['missed_by']:.2f}×"
             lines.append(f"| {t['target']} | {goal} | {_fmt(t['measured'], t['unit'])} | {verdict} |")
         lines.append("")
@@ -425,6 +439,9 @@ def markdown(results: dict) -> str:
         lines.append("")
     if "study" in results:
         lines += ["## Study throughput", "", study_throughput.markdown(results["study"]["rows"]), ""]
+    if "kendall" in results:
+        lines += ["## Correlation table with uncertainty", "",
+                  kendall_uncertainty.markdown(results["kendall"]["rows"][0]), ""]
     return "\n".join(lines)
 
 
@@ -452,6 +469,8 @@ def run_suite(sections: list[str], sizes: list[str], rounds: int, out_dir: Path,
         results["regularizer"] = regularizer_section(sizes, rounds)
     if "study" in sections:
         results["study"] = study_section(sizes)
+    if "kendall" in sections:
+        results["kendall"] = kendall_section(rounds)
     if "threads" in sections:  # last: torch.set_num_threads can break batched LU (module docstring)
         results["threads"] = threads_section(sizes, rounds)
     results["targets"] = targets(results)

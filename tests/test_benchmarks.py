@@ -222,3 +222,22 @@ def test_suite_runs_the_step_section_and_writes_json_and_markdown(tmp_path, monk
 
 def flops_step(row):
     return step_flops(srrlab.create_model(f"{row['model']}-digits"), row["batch"])["total"]
+
+
+def test_suite_kendall_section_times_the_table_and_checks_its_target(tmp_path, monkeypatch):
+    import functools
+
+    import kendall_uncertainty
+    import suite
+
+    small = functools.partial(kendall_uncertainty.measure, n_measures=3, permutations=300, bootstrap=50)
+    monkeypatch.setattr(suite.kendall_uncertainty, "measure", small)
+    results = suite.run_suite(["kendall"], ["digits"], 1, tmp_path)
+    [row] = results["kendall"]["rows"]
+    assert row["measures"] == 3 and row["models"] == 64 and row["permutations"] == 300
+    assert len(row["table_s_rounds"]) == 1 and row["table_s_median"] == row["table_s_rounds"][0] > 0
+    assert {"tau_p", "tau_lo", "tau_hi", "Psi_p"} <= set(row["columns"])
+    [target] = results["targets"]
+    assert target["goal"] == 10.0 and target["met"] == (row["table_s_median"] <= 10.0)
+    md = (tmp_path / f"{results['meta']['date']}.md").read_text()
+    assert "## Correlation table with uncertainty" in md and "| ≤ 10.00 s |" in md

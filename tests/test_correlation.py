@@ -11,13 +11,18 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from srrlab import correlation
 from srrlab.correlation import (
+    KendallTest,
+    PairedComparison,
+    compare_measures,
     conditional_mutual_information,
     correlation_table,
     default_axes,
     granulated_kendall,
     hoeffding_weight,
     kendall_tau,
+    kendall_test,
     robust_sign_error,
 )
 
@@ -324,8 +329,8 @@ def test_correlation_table_layout_and_values():
     axes = ["batch_size", "lr", "width", "dropout", "model"]
     assert list(tab.index) == ["m0", "m1", "m2", "m3"]
     assert list(tab.columns) == [f"psi.{a}" for a in axes] + [
-        "tau", "Psi", "cmi", "sign_error.mean", "sign_error.p90", "sign_error.max", "sign_error.count",
-        "n_models", "n_dropped"]
+        "tau", "tau_p", "tau_lo", "tau_hi", "Psi", "Psi_p", "cmi", "sign_error.mean", "sign_error.p90",
+        "sign_error.max", "sign_error.count", "n_models", "n_dropped"]
     for m in tab.index:
         gk = granulated_kendall(t, axes, m)
         cmi = conditional_mutual_information(t, axes, m)
@@ -368,7 +373,213 @@ def test_unknown_columns_give_one_clear_error():
 def test_correlation_table_is_fast():
     t = study_table(n_measures=30)
     start = time.perf_counter()
-    tab = correlation_table(t)
+    tab = correlation_table(t, permutations=0, bootstrap=0)  # the fast table: no uncertainty columns
     elapsed = time.perf_counter() - start
-    assert tab.shape == (30, 5 + 9)
+    assert tab.shape == (30, 5 + 13)
+    assert tab[["tau_p", "tau_lo", "tau_hi", "Psi_p"]].isna().all().all()
     assert elapsed < 2.0  # typically ~0.2 s on one core
+
+
+# ---------------------------------------------------------------------------------------------- uncertainty
+
+
+def brute_exact_p(x, y):
+    """Two-sided exact permutation p-value of τ-a = 0, over all n! orders of y (numpy, no shortcuts)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    n = len(x)
+    perms = np.array(list(itertools.permutations(range(n))))
+    yp = y[perms]
+    sx = np.sign(x[:, None] - x[None, :])
+    taus = (sx[None] * np.sign(yp[:, :, None] - yp[:, None, :])).sum((1, 2)) / (n * (n - 1))
+    obs = abs(brute_tau(x, y))
+    return float(np.mean(np.abs(taus) >= obs - 1e-12))
+
+
+def naive_resample_tau(x, y, idx):
+    """τ-a of the explicitly resampled arrays: copies of one model are tied pairs (sign 0)."""
+    xs, ys = np.asarray(x)[idx], np.asarray(y)[idx]
+    n = len(idx)
+    s = 0.0
+    for a in range(n):
+        for b in range(n):
+            if a != b:
+                s += np.sign(xs[a] - xs[b]) * np.sign(ys[a] - ys[b])
+    return s / (n * (n - 1))
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 6, 7, 8])
+def test_kendall_test_exact_p_equals_brute_force_enumeration(n):
+    rng = np.random.default_rng(100 + n)
+    cases = [
+        (rng.normal(size=n), rng.normal(size=n)),  # no ties
+        (np.round(rng.normal(size=n)), np.round(rng.normal(size=n))),  # many ties
+        (x := rng.normal(size=n), x + 0.5 * rng.normal(size=n)),  # correlated
+        (rng.normal(size=n), np.ones(n)),  # y all tied: τ = 0, p = 1
+    ]
+    for x, y in cases:
+        for permutations in (math.factorial(n), 50_000):
+            r = kendall_test(x, y, permutations=permutations, bootstrap=0)
+            assert isinstance(r, KendallTest)
+            assert r.exact and r.permutations == math.factorial(n) and r.n == n
+            assert r.tau == kendall_tau(x, y)
+            assert r.p_value == pytest.approx(brute_exact_p(x, y), rel=1e-12)
+    assert kendall_test(rng.normal(size=n), np.ones(n), bootstrap=0, permutations=10**5).p_value == 1.0
+
+
+def test_kendall_test_monte_carlo_p_is_close_to_the_exact_one():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=8)
+    y = x + 1.5 * rng.normal(size=8)
+    exact = brute_exact_p(x, y)
+    assert 0.05 < exact < 0.9  # an informative case
+    r = kendall_test(x, y, permutations=20_000, bootstrap=0)  # < 8! = 40 320: Monte Carlo
+    assert not r.exact and r.permutations == 20_000
+    assert abs(r.p_value - exact) < 0.015  # MC sd ≤ 0.0036
+    assert r.p_value > 0  # (1 + #)/(1 + P) is never 0
+
+
+def test_kendall_test_interval_contains_tau_and_is_reproducible():
+    rng = np.random.default_rng(3)
+    for n, noise in [(15, 0.5), (20, 1.0), (32, 2.0), (40, 5.0), (25, 0.3)]:
+        x = rng.normal(size=n)
+        y = x + noise * rng.normal(size=n)
+        r = kendall_test(x, y, permutations=2_000, bootstrap=1_000)
+        assert r.ci_low < r.tau < r.ci_high
+        assert -1 <= r.ci_low < r.ci_high <= 1
+        again = kendall_test(x, y, permutations=2_000, bootstrap=1_000)
+        assert (again.p_value, again.ci_low, again.ci_high) == (r.p_value, r.ci_low, r.ci_high)
+        other = kendall_test(x, y, permutations=2_000, bootstrap=1_000, seed=1)
+        assert (other.ci_low, other.ci_high) != (r.ci_low, r.ci_high)
+        assert other.seed == 1 and r.seed == 0 and r.confidence == 0.95 and r.bootstrap == 1_000
+
+
+def test_kendall_test_monotone_pair_has_a_small_p_value():
+    x = np.arange(12.0)
+    r = kendall_test(x, x**3)
+    assert r.tau == 1.0 and not r.exact
+    assert r.p_value == pytest.approx(1 / 10_001)  # no random permutation reaches |τ| = 1
+    r6 = kendall_test(x[:6], -x[:6])
+    assert r6.exact and r6.p_value == pytest.approx(2 / 720)  # only the identity and the reversal
+
+
+def test_bootstrap_tau_equals_naive_tau_of_the_resampled_arrays():
+    rng = np.random.default_rng(11)
+    n, B = 12, 300
+    x = np.round(rng.normal(size=n), 1)  # a few ties too
+    y = x + rng.normal(size=n)
+    idx = correlation._bootstrap_resamples(n, B, seed=5)
+    assert idx.shape == (B, n)
+    naive = np.array([naive_resample_tau(x, y, i) for i in idx])
+    ranks = correlation._dense_ranks
+    _, boot, _, _ = correlation._tau_draws(ranks(x)[None], ranks(y), 0, B, 5)
+    np.testing.assert_allclose(boot[0], naive, rtol=0, atol=1e-12)
+    r = kendall_test(x, y, permutations=0, bootstrap=B, seed=5, confidence=0.9)
+    assert math.isnan(r.p_value) and r.permutations == 0
+    assert r.ci_low == pytest.approx(np.percentile(naive, 5), abs=1e-12)
+    assert r.ci_high == pytest.approx(np.percentile(naive, 95), abs=1e-12)
+
+
+def test_kendall_test_nan_and_switches():
+    nan_r = kendall_test([1.0, np.nan, 3.0], [1.0, 2.0, 3.0])
+    assert all(math.isnan(v) for v in (nan_r.tau, nan_r.p_value, nan_r.ci_low, nan_r.ci_high))
+    assert nan_r.n == 3 and not nan_r.exact and nan_r.permutations == 0
+    one = kendall_test([1.0], [2.0])
+    assert math.isnan(one.tau) and math.isnan(one.p_value) and math.isnan(one.ci_low)
+    r = kendall_test(np.arange(10.0), np.arange(10.0) % 3, bootstrap=0)
+    assert math.isnan(r.ci_low) and math.isnan(r.ci_high) and 0 < r.p_value <= 1
+
+
+def test_uncertainty_arguments_are_validated():
+    x = np.arange(5.0)
+    with pytest.raises(ValueError, match="permutations"):
+        kendall_test(x, x, permutations=-1)
+    with pytest.raises(ValueError, match="permutations"):
+        kendall_test(x, x, permutations=2.5)
+    with pytest.raises(ValueError, match="bootstrap"):
+        kendall_test(x, x, bootstrap=-3)
+    with pytest.raises(ValueError, match="seed"):
+        kendall_test(x, x, seed=-1)
+    with pytest.raises(ValueError, match="confidence"):
+        kendall_test(x, x, confidence=1.0)
+    t = study_table(n_measures=2)
+    with pytest.raises(ValueError, match="permutations"):
+        correlation_table(t, permutations=-5)
+    with pytest.raises(ValueError, match="bootstrap"):
+        compare_measures(t, "m0", "m1", bootstrap=-1)
+    with pytest.raises(ValueError, match="confidence"):
+        compare_measures(t, "m0", "m1", confidence=0)
+
+
+def test_table_uncertainty_columns_equal_kendall_test():
+    t = study_table(n_measures=3).sample(n=40, random_state=0)  # an incomplete grid
+    t.loc[t.index[[1, 7, 20]], "measure.m1"] = np.nan  # m1 has its own kept rows (n = 37)
+    kw = dict(permutations=3_000, bootstrap=500, seed=4, confidence=0.9)
+    tab = correlation_table(t, **kw)
+    for m in tab.index:
+        keep = t[f"measure.{m}"].notna()
+        r = kendall_test(t.loc[keep, f"measure.{m}"], t.loc[keep, "gen.gap_ce"], **kw)
+        assert r.n == tab.loc[m, "n_models"]
+        assert tab.loc[m, "tau"] == pytest.approx(r.tau, abs=1e-12)
+        assert (tab.loc[m, "tau_p"], tab.loc[m, "tau_lo"], tab.loc[m, "tau_hi"]) == (r.p_value, r.ci_low, r.ci_high)
+    # a tiny table: both enumerate all 5! permutations
+    small = pd.DataFrame({"hp.a": [0, 0, 1, 1, 2], "gen.gap_ce": [0.1, 0.3, 0.2, 0.5, 0.4],
+                          "measure.x": [1.0, 2.0, 2.0, 4.0, 3.0]})
+    tab = correlation_table(small, permutations=200, bootstrap=100)
+    r = kendall_test(small["measure.x"], small["gen.gap_ce"], permutations=200, bootstrap=100)
+    assert r.exact and tab.loc["x", "tau_p"] == r.p_value == pytest.approx(brute_exact_p(small["measure.x"],
+                                                                                      small["gen.gap_ce"]))
+    assert (tab.loc["x", "tau_lo"], tab.loc["x", "tau_hi"]) == (r.ci_low, r.ci_high)
+    off = correlation_table(small, permutations=0, bootstrap=0)
+    assert off[["tau_p", "tau_lo", "tau_hi", "Psi_p"]].isna().all().all()
+    assert off.loc["x", "tau"] == tab.loc["x", "tau"]
+
+
+def test_psi_permutation_p_value():
+    t = grid(a=[0, 1], b=[0, 1, 2], c=[0, 1, 2, 3])  # 24 models
+    rng = np.random.default_rng(0)
+    t["gen.gap_ce"] = rng.normal(size=len(t))
+    t["measure.same"] = t["gen.gap_ce"]
+    t["measure.noise"] = rng.normal(size=len(t))
+    tab = correlation_table(t, permutations=2_000, bootstrap=0)
+    assert tab.loc["same", "Psi"] == 1.0
+    assert tab.loc["same", "Psi_p"] == pytest.approx(1 / 2_001)
+    assert tab.loc["noise", "Psi_p"] > 0.2
+    # one axis: its only group is all models, so the within-group null is τ's null
+    one = grid(a=list(range(30)))
+    rng = np.random.default_rng(1)
+    one["gen.gap_ce"] = rng.normal(size=30)
+    one["measure.m"] = 0.3 * one["gen.gap_ce"] + rng.normal(size=30)
+    row = correlation_table(one, permutations=20_000, bootstrap=0).loc["m"]
+    assert row["Psi"] == pytest.approx(row["tau"], abs=1e-12)
+    assert 0.01 < row["tau_p"] < 0.9
+    assert abs(row["Psi_p"] - row["tau_p"]) < 0.02  # two Monte-Carlo estimates of one p-value
+
+
+def test_compare_measures_paired_bootstrap():
+    rng = np.random.default_rng(2)
+    n = 40
+    t = pd.DataFrame({"gen.gap_ce": rng.normal(size=n)})
+    t["measure.good"] = t["gen.gap_ce"] + 0.3 * rng.normal(size=n)
+    t["measure.noise"] = rng.normal(size=n)
+    t.loc[[3, 9], "measure.noise"] = np.nan
+    t.loc[5, "gen.gap_ce"] = np.nan
+    c = compare_measures(t, "good", "measure.noise", bootstrap=1_000, seed=3)
+    assert isinstance(c, PairedComparison)
+    assert c.n == 37 and c.n_dropped == 3
+    keep = t.notna().all(axis=1)
+    assert c.tau_a == kendall_tau(t.loc[keep, "measure.good"], t.loc[keep, "gen.gap_ce"])
+    assert c.tau_b == kendall_tau(t.loc[keep, "measure.noise"], t.loc[keep, "gen.gap_ce"])
+    assert c.diff == c.tau_a - c.tau_b
+    assert c.ci_low <= c.diff <= c.ci_high
+    assert c.separated and c.p_value < 0.01
+    # the same resamples as kendall_test: the interval of a − (a measure tied everywhere) is a's own
+    t["measure.flat"] = 1.0
+    flat = compare_measures(t, "good", "flat", bootstrap=1_000, seed=3)
+    kept = t["gen.gap_ce"].notna()
+    assert flat.n == 39 and flat.n_dropped == 1 and flat.tau_b == 0.0
+    r = kendall_test(t.loc[kept, "measure.good"], t.loc[kept, "gen.gap_ce"], permutations=0, bootstrap=1_000, seed=3)
+    assert (flat.ci_low, flat.ci_high) == (r.ci_low, r.ci_high)
+    same = compare_measures(t, "good", "good", bootstrap=500)
+    assert same.diff == 0 and same.p_value == 1.0 and not same.separated
+    assert compare_measures(t, "measure.good", "noise", bootstrap=1_000, seed=3) == c
+    assert math.isnan(compare_measures(t, "good", "noise", bootstrap=0).ci_low)
