@@ -13,7 +13,7 @@ from srrlab.measures import MEASURES, MeasureContext, MeasureSettings, compute_m
 from srrlab.train import TrainConfig, train
 
 ISSUE_MEASURES = [
-    "srr", "params", "l2", "l2-dist", "param-norm", "fro-dist", "dist-spec-init", "log-prod-of-spec",
+    "srr", "srr-rate", "srr-sparsity", "srr-fraction", "srr-unit", "params", "l2", "l2-dist", "param-norm", "fro-dist", "dist-spec-init", "log-prod-of-spec",
     "log-sum-of-spec", "log-prod-of-fro", "log-sum-of-fro", "spec-init", "spec-orig", "fro-over-spec", "path-norm",
     "inverse-margin", "pacbayes-init", "pacbayes-orig", "pacbayes-flatness", "pacbayes-mag-init", "pacbayes-mag-orig",
     "pacbayes-mag-flatness", "sharpness-init", "sharpness-orig", "sharpness-flatness", "sharpness-mag-flatness",
@@ -60,6 +60,29 @@ def test_srr_measure_is_measure_srr_on_the_fixed_subset(digits):
     idx = torch.randperm(len(digits.train), generator=gen)[:300].sort().values
     expected = srrlab.measure_srr(model, digits.train.images[idx][:120]).value
     assert value == pytest.approx(expected, rel=1e-9)
+    # its parts and conventions come from the same pass, and add up
+    record = {}
+    parts = compute_measures(model, data=digits, settings=settings, record=record,
+                             measures=["srr", "srr-rate", "srr-sparsity", "srr-fraction", "srr-unit"])
+    assert parts["srr"] == pytest.approx(parts["srr-rate"] + parts["srr-sparsity"], rel=1e-12)
+    sub = (digits.train.images[idx][:120], digits.train.labels[idx][:120])
+    frac = srrlab.measure_srr(model, sub, sparsity="fraction")
+    unit = srrlab.measure_srr(model, sub, rate="unit")
+    assert parts["srr-fraction"] == pytest.approx(frac.value, rel=1e-9)
+    assert parts["srr-unit"] == pytest.approx(unit.value, rel=1e-9)
+    assert record == {"protocol": "layernorm=pre sparsity=count rate=gamma1", "measure_network": "trained",
+                      "protocol_train_acc": pytest.approx(frac.train_acc), "protocol_images": 120}
+    # the protocol is a setting: other LayerNorm readings give other values, named in the record
+    record = {}
+    value_all = compute_measures(model, data=digits, settings=MeasureSettings(max_images=300, srr_images=120, seed=5,
+                                                                              layernorm="all"),
+                                 measures="srr", record=record)["srr"]
+    assert value_all == pytest.approx(srrlab.measure_srr(model, sub, layernorm="all").value, rel=1e-9)
+    assert record["protocol"] == "layernorm=all sparsity=count rate=gamma1"
+    # no SRR measure: no SRR pass, no accuracy to record
+    record = {}
+    compute_measures(model, data=digits, settings=settings, measures="params", record=record)
+    assert record["protocol_train_acc"] is None
     # the data order does not matter when all images are used
     perm = torch.randperm(len(digits.train))
     full = MeasureSettings(max_images=None, srr_images=None)
@@ -67,6 +90,31 @@ def test_srr_measure_is_measure_srr_on_the_fixed_subset(digits):
     b = compute_measures(model, data=(digits.train.images[perm], digits.train.labels[perm]), measures="srr",
                          settings=full)["srr"]
     assert a == pytest.approx(b, rel=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:margin")  # an untrained pair: its margins are not positive
+def test_network_setting_evaluates_the_protocol_network(digits):
+    model, init = _pair("crate-n")
+    with torch.no_grad():  # non-trivial LayerNorms, so removing them changes the network
+        for m in model.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.uniform_(0.5, 2.0)
+    trained = MeasureSettings(max_images=200)
+    protocol = MeasureSettings(max_images=200, network="protocol")
+    bare = model.without_layernorms("pre")
+    ctx = MeasureContext(model, init=init, data=digits, settings=protocol)
+    x = ctx.images
+    assert torch.equal(ctx.logits, torch.cat([bare(x[i:i + 500]) for i in range(0, len(x), 500)]).detach())
+    a = compute_measures(model, init=init, data=digits, settings=trained, measures=["inverse-margin", "params", "srr"])
+    b = compute_measures(model, init=init, data=digits, settings=protocol, measures=["inverse-margin", "params", "srr"])
+    assert a["srr"] == b["srr"]  # SRR is measured under the protocol either way
+    assert b["params"] == a["params"] - sum(p.numel() for n, p in model.named_parameters()
+                                            if ".norm1." in n or ".norm2." in n)
+    with pytest.raises(ValueError, match="network"):
+        MeasureSettings(network="bare")
+    with pytest.raises(ValueError, match="layernorm"):
+        MeasureSettings(layernorm="post")
+    assert MeasureSettings(layernorm=None).layernorm == "none"  # `--set layernorm=none` parses to None
 
 
 def test_weight_matrices_by_module_type():
@@ -105,6 +153,8 @@ def test_measure_run_and_cli(tmp_path, digits, capsys):
     assert row["hp.model"] == "crate-n-digits" and row["hp.depth"] == 1 and row["gen.status"] == "completed"
     assert row["gen.gap_ce"] == pytest.approx(row["gen.test_ce"] - row["gen.train_ce"])
     assert row["measure.params"] == srrlab.train.load_run(run).num_parameters()
+    assert row["gen.protocol"] == "layernorm=pre sparsity=count rate=gamma1" and row["gen.measure_network"] == "trained"
+    assert 0.0 <= row["gen.protocol_train_acc"] <= 1.0
     out = tmp_path / "m.csv"
     assert cli(["measure", str(run), "--measures", "srr,params,l2-dist", "--set", "max_images=2000",
                 "--out", str(out), "--quiet"]) == 0
@@ -112,6 +162,13 @@ def test_measure_run_and_cli(tmp_path, digits, capsys):
     assert "srr" in printed and str(out) in printed
     table = pd.read_csv(out)
     assert table.loc[0, "measure.srr"] == pytest.approx(row["measure.srr"], rel=1e-9)
+    assert "protocol" in printed and "layernorm=pre" in printed
+    assert cli(["measure", str(run), "--measures", "srr", "--set", "layernorm=none", "--set", "rate=unit",
+                "--out", str(out), "--quiet"]) == 0
+    assert pd.read_csv(out).loc[0, "gen.protocol"] == "layernorm=none sparsity=count rate=unit"
+    capsys.readouterr()
+    assert cli(["measure", str(run), "--set", "layernorm=post"]) == 2
+    assert "layernorm" in capsys.readouterr().err
     assert cli(["measure", "--list"]) == 0
     listed = capsys.readouterr().out
     assert all(name in listed for name in MEASURES)

@@ -31,14 +31,16 @@ def _names(measures: str | Iterable[str] | None) -> list[str]:
 
 def compute_measures(model, *, init: Any = None, data: Any = None, measures: str | Iterable[str] | None = None,
                      settings: MeasureSettings | None = None, progress: bool = False,
-                     timings: dict[str, float] | None = None) -> dict[str, float]:
+                     timings: dict[str, float] | None = None, record: dict[str, Any] | None = None) -> dict[str, float]:
     """Evaluate ``measures`` (names, a comma-separated string, or None for all) on one model.
 
     ``init``: the initial weights (model or state dict), needed by distance and ``-init``
     measures; ``data``: the training data (ImageDataset, Splits or ``(images, labels)``), needed by
     data-dependent measures. Missing requirements are reported before anything is computed.
     Shared quantities are computed once (:class:`MeasureContext`). ``timings``, if given, receives
-    the seconds each measure took.
+    the seconds each measure took; ``record``, if given, receives how the values were measured
+    (:meth:`MeasureContext.record`: the SRR protocol, the network the other measures evaluated, and the
+    evaluated network's training accuracy ``protocol_train_acc`` when SRR was measured).
     """
     names = _names(measures)
     missing = [n for n in names if (MEASURES[n].needs_init and init is None) or (MEASURES[n].needs_data and data is None)]
@@ -53,6 +55,8 @@ def compute_measures(model, *, init: Any = None, data: Any = None, measures: str
         out[name] = MEASURES[name](ctx)
         if timings is not None:
             timings[name] = time.perf_counter() - t0
+    if record is not None:
+        record.update(ctx.record())
     return out
 
 
@@ -61,7 +65,8 @@ def measure_run(run_dir: str | os.PathLike, measures: str | Iterable[str] | None
     """Measures of a finished training run: its final model, initial weights and training data.
 
     Returns one tidy row: ``run``, ``hp.*`` (training and model options), ``gen.*`` (gaps and
-    accuracies from ``summary.json``) and ``measure.*``.
+    accuracies from ``summary.json``, and how the row was measured: ``gen.protocol``,
+    ``gen.measure_network``, ``gen.protocol_train_acc``, ``gen.protocol_images``) and ``measure.*``.
     """
     from ..data import load_dataset_cached
     from ..io import read_json
@@ -78,7 +83,9 @@ def measure_run(run_dir: str | os.PathLike, measures: str | Iterable[str] | None
                                      **train["data_options"])
     model = load_run(run_dir, "final", device=device)
     init = load_run(run_dir, "init", device=device)
-    values = compute_measures(model, init=init, data=splits.train, measures=measures, settings=settings)
+    record: dict[str, Any] = {}
+    values = compute_measures(model, init=init, data=splits.train, measures=measures, settings=settings,
+                              record=record)
     row: dict[str, Any] = {"run": str(run_dir)}
     for key in ("model", "dataset", "lr", "batch_size", "weight_decay", "optimizer", "epochs", "seed", "augment"):
         row[f"hp.{key}"] = train[key]
@@ -87,6 +94,7 @@ def measure_run(run_dir: str | os.PathLike, measures: str | Iterable[str] | None
     row["hp.variant"] = config["model"]["variant"]
     for key in ("status", "epochs", "train_ce", "test_ce", "train_acc", "test_acc", "gap_ce", "gap_err"):
         row[f"gen.{key}"] = summary[key]
+    row.update({f"gen.{k}": v for k, v in record.items()})
     row.update({f"measure.{k}": v for k, v in values.items()})
     return row
 

@@ -15,8 +15,12 @@ from torch import nn
 
 from ..models import CRATE
 from ..models.crate import ISTAStep
+from ..rate import SRRMeasurement, SRRProtocol, measure_srr
 
-__all__ = ["MeasureSettings", "MeasureContext", "WeightMatrix", "weight_matrices"]
+__all__ = ["MeasureSettings", "MeasureContext", "WeightMatrix", "weight_matrices", "NETWORKS"]
+
+#: Networks the measures other than SRR can evaluate (``MeasureSettings.network``).
+NETWORKS = ("trained", "protocol")
 
 
 @dataclass
@@ -27,7 +31,13 @@ class MeasureSettings:
     are used by every data-dependent measure; ``batch_size`` bounds memory.
     Margin: ``margin_percentile`` of the per-sample margins (10, Jiang et al. 2020); fewer than
     ``min_margin_samples`` (10) samples are refused.
-    SRR (spec §5): ``srr_images`` (500) of those images, ``srr_eps`` (None: γ = 1), ``srr_lam`` (0.1).
+    SRR: ``srr_images`` (500) of those images, ``srr_eps`` (None: the convention's ε), ``srr_lam`` (0.1),
+    and the evaluation protocol (docs/measures.md): ``layernorm`` ("pre": the pre-operator LayerNorms
+    removed), ``sparsity`` ("count") and ``rate`` ("gamma1"); see :class:`~srrlab.rate.SRRProtocol`.
+    ``network``: the network every *other* measure evaluates, ``"trained"`` (default: the trained
+    network as it is, LayerNorms included, as Jiang et al. and Dziugaite et al. measure) or
+    ``"protocol"`` (the same copy with the protocol's LayerNorms removed that SRR is measured on, see
+    :meth:`~srrlab.models.CRATE.without_layernorms`).
     PAC-Bayes / sharpness (:mod:`~srrlab.measures.flatness`): σ (the noise standard deviation) or
     the box radius α is searched by bisection (geometric midpoints while the lower end is > 0)
     between ``sigma_min`` (1e-6) and ``sigma_max`` (5) until the perturbed training accuracy drops
@@ -48,6 +58,10 @@ class MeasureSettings:
     srr_images: int | None = 500
     srr_eps: float | None = None
     srr_lam: float = 0.1
+    layernorm: str = "pre"
+    sparsity: str = "count"
+    rate: str = "gamma1"
+    network: str = "trained"
     target_deviation: float = 0.1
     search_tolerance: float = 0.01
     search_iterations: int = 20
@@ -73,6 +87,15 @@ class MeasureSettings:
             raise ValueError(f"target_deviation must be in (0, 1), got {self.target_deviation!r}")
         if not 0 <= self.sigma_min < self.sigma_max:
             raise ValueError(f"need 0 <= sigma_min < sigma_max, got {self.sigma_min!r}, {self.sigma_max!r}")
+        self.layernorm = self.protocol.layernorm  # normalised (None / True / False → their names)
+        if self.network not in NETWORKS:
+            raise ValueError(f"network must be one of {', '.join(map(repr, NETWORKS))} (the network the measures "
+                             f"other than SRR evaluate), got {self.network!r}")
+
+    @property
+    def protocol(self) -> SRRProtocol:
+        """The SRR evaluation protocol of these settings (raises ValueError naming a bad field)."""
+        return SRRProtocol(self.layernorm, self.sparsity, self.rate)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MeasureSettings:
@@ -133,11 +156,16 @@ class MeasureContext:
     def __init__(self, model: CRATE, init: Any = None, data: Any = None, settings: MeasureSettings | None = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch module, got {type(model).__name__}")
+        self.settings = settings or MeasureSettings()
+        self.trained_model = model.eval()
+        init = _as_model(init, model)
+        if self.settings.network == "protocol":  # every measure evaluates the protocol's network
+            model = model.without_layernorms(self.settings.layernorm)
+            init = None if init is None else init.without_layernorms(self.settings.layernorm)
         self.model = model.eval()
-        self.init_model = _as_model(init, model)
+        self.init_model = init
         if self.init_model is not None:
             self.init_model.eval()
-        self.settings = settings or MeasureSettings()
         self._data = data
         self.device = next(model.parameters()).device
         #: Free-form per-model cache for quantities shared by several measures (e.g. the σ/α searches
@@ -197,6 +225,28 @@ class MeasureContext:
         model.eval()
         out = torch.cat([model(self.images[i:i + bs]) for i in range(0, len(self.images), bs)])
         model.train(was)
+        return out
+
+    @cached_property
+    def srr(self) -> SRRMeasurement:
+        """The SRR pass shared by every SRR measure: one :func:`~srrlab.rate.measure_srr` of the
+        trained model under the settings' protocol on the first ``srr_images`` of :attr:`images`
+        (with their labels, so it carries the evaluated network's training accuracy), with the rates
+        in both conventions."""
+        s = self.settings
+        n = len(self.images) if s.srr_images is None else min(s.srr_images, len(self.images))
+        return measure_srr(self.trained_model, (self.images[:n], self.labels[:n]), layernorm=s.layernorm,
+                           sparsity=s.sparsity, rate=s.rate, eps=s.srr_eps, lam=s.srr_lam,
+                           batch_size=s.batch_size, both_rates=True)
+
+    def record(self) -> dict[str, Any]:
+        """What a measurement row records about how it was measured: the protocol, the network the
+        other measures evaluated and, when SRR was measured, the evaluated network's training
+        accuracy and image count (``protocol_train_acc``, ``protocol_images``)."""
+        out: dict[str, Any] = {"protocol": self.settings.protocol.name, "measure_network": self.settings.network}
+        srr = self.__dict__.get("srr")  # only if an SRR measure ran: recording never adds a pass
+        out["protocol_train_acc"] = None if srr is None else srr.train_acc
+        out["protocol_images"] = None if srr is None else srr.images
         return out
 
     def accuracy_of(self, model: nn.Module) -> float:

@@ -1,6 +1,7 @@
 """CRATE models: one implementation parameterised by a table of variants (spec §3)."""
 from .crate import (
     CRATE,
+    LAYERNORM_PROTOCOLS,
     VARIANTS,
     CompressionStep,
     CRATEConfig,
@@ -9,12 +10,13 @@ from .crate import (
     LayerwiseOutput,
     Variant,
     compression_rate_gradient,
+    layernorm_protocol,
 )
 from .official import load_official_crate, read_state_dict
 from .registry import SIZES, count_parameters, create_model, list_models, model_config, parse_model_name
 
 __all__ = [
-    "CRATE", "CRATEConfig", "CompressionStep", "ISTAStep", "LayerStates", "LayerwiseOutput",
-    "SIZES", "VARIANTS", "Variant", "compression_rate_gradient", "count_parameters", "create_model",
+    "CRATE", "CRATEConfig", "LAYERNORM_PROTOCOLS", "CompressionStep", "ISTAStep", "LayerStates", "LayerwiseOutput",
+    "SIZES", "VARIANTS", "Variant", "compression_rate_gradient", "count_parameters", "layernorm_protocol", "create_model",
     "list_models", "load_official_crate", "model_config", "parse_model_name", "read_state_dict",
 ]

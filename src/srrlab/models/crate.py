@@ -16,6 +16,7 @@ Shapes in code are row-major: a batch of token sets is ``(B, N, d)`` where the s
 """
 from __future__ import annotations
 
+import copy as _copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ __all__ = [
     "ISTAStep",
     "LayerStates",
     "LayerwiseOutput",
+    "LAYERNORM_PROTOCOLS",
+    "layernorm_protocol",
     "compression_rate_gradient",
 ]
 
@@ -96,8 +99,10 @@ class CRATEConfig:
     quantisation ε in ``γ = p/(N ε²)``: the softmax variants scale their update by ``αγ²``
     ([HZX-2]) and ``crate-g`` uses γ in ``R^c``; ``None`` means the CRATE convention γ = 1.
     ``dropout`` acts after the compression step's output operator, ``attn_dropout`` after the
-    softmax (``None``: same as ``dropout``, as in the official code) and ``emb_dropout`` after the
-    positional embedding is added. ``prenorm`` puts a LayerNorm before each of the two steps.
+    softmax and ``emb_dropout`` after the positional embedding is added; ``None`` (the default of
+    both) means "same as ``dropout``", so one ``dropout`` value sets all three places the paper
+    names (App. C, docs/models.md). The official code's ``emb_dropout`` defaults to 0: set
+    ``emb_dropout=0.0`` for its behaviour. ``prenorm`` puts a LayerNorm before each of the two steps.
     """
 
     variant: str = "crate"
@@ -116,7 +121,7 @@ class CRATEConfig:
     eps: float | None = None
     dropout: float = 0.0
     attn_dropout: float | None = None
-    emb_dropout: float = 0.0
+    emb_dropout: float | None = None
     prenorm: bool = True
     pool: str = "cls"
 
@@ -153,6 +158,10 @@ class CRATEConfig:
         return self.dropout if self.attn_dropout is None else self.attn_dropout
 
     @property
+    def embedding_dropout(self) -> float:
+        return self.dropout if self.emb_dropout is None else self.emb_dropout
+
+    @property
     def spec(self) -> Variant:
         return VARIANTS[self.variant]
 
@@ -186,12 +195,12 @@ class CRATEConfig:
                 f"heads={self.heads}, dim_head={self.dim_head}; set dim_head={self.dim // self.heads} "
                 f"or a dim divisible by heads"
             )
-        for name in ("dropout", "emb_dropout"):
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        for name in ("attn_dropout", "emb_dropout"):
             value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-        if self.attn_dropout is not None and not 0.0 <= self.attn_dropout < 1.0:
-            raise ValueError(f"attn_dropout must be in [0, 1) or None, got {self.attn_dropout!r}")
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1) or None (same as dropout), got {value!r}")
         if self.pool not in ("cls", "mean"):
             raise ValueError(f"pool must be 'cls' or 'mean', got {self.pool!r}")
         if self.eps is not None and not self.eps > 0:
@@ -379,8 +388,35 @@ class LayerwiseOutput(NamedTuple):
     logits: torch.Tensor
 
 
-def _norm(ln: nn.Module, x: torch.Tensor, layernorm: bool) -> torch.Tensor:
-    return ln(x) if layernorm else x
+# --------------------------------------------------------------------------------------
+# Which LayerNorms an evaluation removes (docs/measures.md, "The evaluation protocol")
+# --------------------------------------------------------------------------------------
+#: LayerNorm removal protocols: the names of the LayerNorm modules each one replaces by the
+#: identity. ``"pre"``: the two pre-operator LayerNorms of every layer (before the compression
+#: step and before the ISTA step), as the paper's App. C prescribes for its measures; ``"all"``:
+#: every LayerNorm, patch embedding and head included; ``"none"``: the network as trained.
+LAYERNORM_PROTOCOLS: dict[str, frozenset[str]] = {
+    "pre": frozenset({"norm1", "norm2"}),
+    "all": frozenset({"norm1", "norm2", "patch_norm_in", "patch_norm_out", "head_norm"}),
+    "none": frozenset(),
+}
+
+
+def layernorm_protocol(layernorm: str | bool) -> str:
+    """The protocol name of ``layernorm``: one of :data:`LAYERNORM_PROTOCOLS`, or the boolean alias
+    of earlier releases (``True``: keep every LayerNorm = ``"none"`` removed; ``False``: ``"all"``)."""
+    if isinstance(layernorm, bool):
+        return "none" if layernorm else "all"
+    if layernorm not in LAYERNORM_PROTOCOLS:
+        raise ValueError(
+            f"layernorm must name the LayerNorms to remove, one of {', '.join(map(repr, LAYERNORM_PROTOCOLS))} "
+            f"(or True = keep all, False = remove all), got {layernorm!r}"
+        )
+    return layernorm
+
+
+def _norm(ln: nn.Module, x: torch.Tensor, name: str, removed: frozenset[str]) -> torch.Tensor:
+    return x if name in removed else ln(x)
 
 
 class CRATELayer(nn.Module):
@@ -393,9 +429,10 @@ class CRATELayer(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.dim) if cfg.prenorm else nn.Identity()
         self.ista = ISTAStep(cfg)
 
-    def forward(self, z: torch.Tensor, layernorm: bool = True) -> LayerStates:
-        y = z + self.attn(_norm(self.norm1, z, layernorm))
-        return LayerStates(z, y, self.ista(_norm(self.norm2, y, layernorm)))
+    def forward(self, z: torch.Tensor, removed: frozenset[str] = frozenset()) -> LayerStates:
+        """``removed``: names of the LayerNorms (``norm1``, ``norm2``) replaced by the identity."""
+        y = z + self.attn(_norm(self.norm1, z, "norm1", removed))
+        return LayerStates(z, y, self.ista(_norm(self.norm2, y, "norm2", removed)))
 
 
 # --------------------------------------------------------------------------------------
@@ -418,7 +455,7 @@ class CRATE(nn.Module):
         self.patch_norm_out = nn.LayerNorm(cfg.dim)
         self.cls_token = nn.Parameter(torch.randn(1, 1, cfg.dim))
         self.pos_embedding = nn.Parameter(torch.randn(1, cfg.num_tokens, cfg.dim))
-        self.emb_drop = nn.Dropout(cfg.emb_dropout)
+        self.emb_drop = nn.Dropout(cfg.embedding_dropout)
         self.layers = nn.ModuleList(CRATELayer(cfg) for _ in range(cfg.depth))
         self.head_norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.num_classes)
@@ -446,17 +483,18 @@ class CRATE(nn.Module):
         x = x.permute(0, 2, 4, 3, 5, 1)  # b, h', w', p1, p2, c
         return x.reshape(b, (h // p) * (w // p), p * p * c)
 
-    def embed(self, images: torch.Tensor, layernorm: bool = True) -> torch.Tensor:
-        """Token embedding ``Z⁰`` (``(B, N, d)``, N = patches + CLS)."""
+    def embed(self, images: torch.Tensor, removed: frozenset[str] = frozenset()) -> torch.Tensor:
+        """Token embedding ``Z⁰`` (``(B, N, d)``, N = patches + CLS); ``removed`` as in :meth:`forward_layers`."""
         x = self.patchify(images)
-        x = _norm(self.patch_norm_out, self.patch_proj(_norm(self.patch_norm_in, x, layernorm)), layernorm)
+        x = self.patch_proj(_norm(self.patch_norm_in, x, "patch_norm_in", removed))
+        x = _norm(self.patch_norm_out, x, "patch_norm_out", removed)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         x = torch.cat((cls, x), dim=1) + self.pos_embedding
         return self.emb_drop(x)
 
-    def classify(self, z: torch.Tensor, layernorm: bool = True) -> torch.Tensor:
+    def classify(self, z: torch.Tensor, removed: frozenset[str] = frozenset()) -> torch.Tensor:
         pooled = z[:, 0] if self.config.pool == "cls" else z.mean(dim=1)
-        return self.head(_norm(self.head_norm, pooled, layernorm))
+        return self.head(_norm(self.head_norm, pooled, "head_norm", removed))
 
     # -- forward passes --------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -465,21 +503,37 @@ class CRATE(nn.Module):
             z = layer(z).z_out
         return self.classify(z)
 
-    def forward_layers(self, images: torch.Tensor, layernorm: bool = True) -> LayerwiseOutput:
-        """Forward that keeps every layer's states (spec §5 needs them).
+    def forward_layers(self, images: torch.Tensor, layernorm: str | bool = "none") -> LayerwiseOutput:
+        """Forward that keeps every layer's states (the SRR measure needs them, docs/rates.md).
 
         Returns :class:`LayerwiseOutput` with, for every layer ℓ, ``Z^{ℓ-1}``, ``Y^ℓ`` and ``Z^ℓ``
-        as ``(B, N, d)`` tensors, and the logits. With ``layernorm=False`` the same forward runs
-        with every LayerNorm (patch embedding, pre-norms, head) replaced by the identity, as the
-        SRR measure requires.
+        as ``(B, N, d)`` tensors, and the logits. ``layernorm`` names the LayerNorms replaced by
+        the identity (:data:`LAYERNORM_PROTOCOLS`): ``"none"`` (default: the network as trained),
+        ``"pre"`` (the two pre-operator LayerNorms of every layer: the evaluation protocol of the
+        SRR measure, docs/measures.md) or ``"all"`` (patch embedding and head too). ``True`` and
+        ``False`` are accepted for ``"none"`` and ``"all"``.
         """
-        z = self.embed(images, layernorm)
+        removed = LAYERNORM_PROTOCOLS[layernorm_protocol(layernorm)]
+        z = self.embed(images, removed)
         states = []
         for layer in self.layers:
-            s = layer(z, layernorm)
+            s = layer(z, removed)
             states.append(s)
             z = s.z_out
-        return LayerwiseOutput(states, self.classify(z, layernorm))
+        return LayerwiseOutput(states, self.classify(z, removed))
+
+    def without_layernorms(self, layernorm: str | bool = "pre") -> CRATE:
+        """A copy of this model in which the LayerNorms named by ``layernorm`` (as in
+        :meth:`forward_layers`) are replaced by ``nn.Identity``: the network an evaluation protocol
+        evaluates, as an ordinary module (its ``forward`` equals ``forward_layers(x, layernorm).logits``).
+        An evaluation copy: its ``config`` still describes the trained model."""
+        removed = LAYERNORM_PROTOCOLS[layernorm_protocol(layernorm)]
+        copy = _copy.deepcopy(self)
+        for name, module in list(copy.named_modules()):
+            for child, sub in list(module.named_children()):
+                if child in removed and isinstance(sub, nn.LayerNorm):
+                    setattr(module, child, nn.Identity())
+        return copy
 
     def subspaces(self) -> list[torch.Tensor]:
         """The list of ``U^ℓ``, each a ``(K, d, p)`` view of layer ℓ's tied projection."""

@@ -3,7 +3,10 @@ from .core import (
     coding_rate,
     compression_rate,
     compression_rate_grad,
+    RATE_CONVENTIONS,
+    UNIT_EPS,
     default_eps,
+    rate_eps,
     l0,
     logdet_identity_plus,
     srr,
@@ -14,13 +17,18 @@ __all__ = [
     "coding_rate",
     "compression_rate",
     "compression_rate_grad",
+    "RATE_CONVENTIONS",
+    "UNIT_EPS",
     "default_eps",
+    "rate_eps",
     "l0",
     "logdet_identity_plus",
     "srr",
     "srr_terms",
 ]
 
-from .layerwise import LAYERWISE_COLUMNS, SRRMeasurement, measure_srr  # noqa: E402
+from .protocol import DEFAULT_PROTOCOL, SPARSITY_FORMS, SRRProtocol  # noqa: E402
+from .layerwise import BOTH_RATES_COLUMNS, LAYERWISE_COLUMNS, SRRMeasurement, measure_srr  # noqa: E402
 
-__all__ += ["LAYERWISE_COLUMNS", "SRRMeasurement", "measure_srr"]
+__all__ += ["BOTH_RATES_COLUMNS", "DEFAULT_PROTOCOL", "LAYERWISE_COLUMNS", "SPARSITY_FORMS", "SRRMeasurement",
+            "SRRProtocol", "measure_srr"]

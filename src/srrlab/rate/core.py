@@ -28,6 +28,9 @@ from ..models.crate import compression_rate_gradient
 
 __all__ = [
     "default_eps",
+    "rate_eps",
+    "RATE_CONVENTIONS",
+    "UNIT_EPS",
     "logdet_identity_plus",
     "coding_rate",
     "compression_rate",
@@ -460,11 +463,18 @@ def default_eps(num_tokens: int, dim_head: int) -> float:
     return math.sqrt(dim_head / num_tokens)
 
 
-def _coding_rate(Z: Tensor, eps: float, dtype, side: str | None = None) -> Tensor:
+def _unit_tokens(x: Tensor) -> Tensor:
+    """Every token (last dim) scaled to unit Euclidean norm; an all-zero token stays zero."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+
+
+def _coding_rate(Z: Tensor, eps: float, dtype, side: str | None = None, unit: bool = False) -> Tensor:
     """:func:`coding_rate`; ``side`` forces the Gram (``"N"``: N×N ``Z Zᵀ``, ``"d"``: d×d ``ZᵀZ``)."""
     _check_z(Z)
     eps = _check_eps(eps)
     Z = Z.to(_compute_dtype(Z, dtype))
+    if unit:
+        Z = _unit_tokens(Z)
     *lead, n, d = Z.shape
     scale = d / (n * eps * eps)
     if side is None:
@@ -474,7 +484,7 @@ def _coding_rate(Z: Tensor, eps: float, dtype, side: str | None = None) -> Tenso
     return _half_logdet_gram(Z.reshape(-1, n, d), scale, rows).reshape(lead)
 
 
-def coding_rate(Z: Tensor, eps: float, *, dtype: torch.dtype | None = None) -> Tensor:
+def coding_rate(Z: Tensor, eps: float, *, dtype: torch.dtype | None = None, unit: bool = False) -> Tensor:
     """Coding rate [HZX-§3] (spec §2): ``R(Z) = ½ logdet(I_N + (d/(N ε²)) ZᵀZ)`` in column form.
 
     ``Z`` is a row-form batch ``(..., N, d)``; returns shape ``Z.shape[:-2]``. Computed on the
@@ -487,11 +497,15 @@ def coding_rate(Z: Tensor, eps: float, *, dtype: torch.dtype | None = None) -> T
     ``s·Z M⁻¹`` with ``M = I_d + s·ZᵀZ``, ``s = d/(N ε²)``: ``M⁻¹`` from the forward's Cholesky
     factor and one batched GEMM (fallback entries in float64), see :class:`_HalfLogdetGram`;
     once differentiable.
+
+    ``unit=True`` scales every token to unit norm first (the official CRATE analysis convention,
+    docs/rates.md "Rate conventions"; an all-zero token stays zero).
     """
-    return _coding_rate(Z, eps, dtype)
+    return _coding_rate(Z, eps, dtype, unit=unit)
 
 
-def _compression_rate(Z: Tensor, U: Tensor, eps: float, dtype, side: str | None = None) -> Tensor:
+def _compression_rate(Z: Tensor, U: Tensor, eps: float, dtype, side: str | None = None,
+                      unit: bool = False) -> Tensor:
     """:func:`compression_rate`; ``side`` forces the head Grams (``"p"``: p×p, ``"N"``: N×N)."""
     _check_z(Z)
     K, p = _check_u(U, Z)
@@ -511,24 +525,31 @@ def _compression_rate(Z: Tensor, U: Tensor, eps: float, dtype, side: str | None 
         # One GEMM with the stacked subspaces, (B·N, d) @ (d, K·p); the head blocks A_k are read
         # in place as a strided (K, B, N, p) view (no transposed copy). Head-major entries.
         a = (z.reshape(-1, d) @ U.permute(1, 0, 2).reshape(d, K * p)).view(B, n, K, p).permute(2, 0, 1, 3)
+        if unit:
+            a = _unit_tokens(a)
 
         def recompute(idx):
             # Rebuild the failed (head, image) blocks from Z and U in float64.
-            return z[idx % B].detach().double() @ U[idx // B].detach().double()  # (n_failed, N, p)
+            x = z[idx % B].detach().double() @ U[idx // B].detach().double()  # (n_failed, N, p)
+            return _unit_tokens(x) if unit else x
 
         return _half_logdet_gram(a, gamma, rows, recompute).sum(0).reshape(lead)
     # Per-index subspaces: broadcast matmul, (B, K, N, p) = z U_k.
     U = U.expand(*lead, K, d, p).reshape(-1, K, d, p)
     a = torch.matmul(z.unsqueeze(-3), U).reshape(-1, n, p)
+    if unit:
+        a = _unit_tokens(a)
 
     def recompute(idx):
         b, k = idx // K, idx % K
-        return z[b].detach().double() @ U[b, k].detach().double()
+        x = z[b].detach().double() @ U[b, k].detach().double()
+        return _unit_tokens(x) if unit else x
 
     return _half_logdet_gram(a, gamma, rows, recompute).view(B, K).sum(-1).reshape(lead)
 
 
-def compression_rate(Z: Tensor, U: Tensor, eps: float, *, dtype: torch.dtype | None = None) -> Tensor:
+def compression_rate(Z: Tensor, U: Tensor, eps: float, *, dtype: torch.dtype | None = None,
+                     unit: bool = False) -> Tensor:
     """Compression term (spec §2): ``R^c(Z; U) = Σ_k ½ logdet(I_N + γ (U_kᵀZ)ᵀ(U_kᵀZ))``, ``γ = p/(N ε²)``.
 
     ``Z`` is ``(..., N, d)``; ``U`` is ``(K, d, p)`` (one layer's subspaces, shared by all leading
@@ -542,8 +563,11 @@ def compression_rate(Z: Tensor, U: Tensor, eps: float, *, dtype: torch.dtype | N
     push-through form of spec §3) or ``γ·M_k⁻¹A_k`` (``M_k = I_N + γ A_k A_kᵀ``), with ``M_k⁻¹``
     from the forward's Cholesky factors (:class:`_HalfLogdetGram`); it reaches ``Z`` and ``U``
     through the ordinary autograd of the projection GEMM. Once differentiable.
+
+    ``unit=True`` scales every projected token (each row of each ``A_k``) to unit norm first, the
+    official CRATE analysis convention (docs/rates.md "Rate conventions").
     """
-    return _compression_rate(Z, U, eps, dtype)
+    return _compression_rate(Z, U, eps, dtype, unit=unit)
 
 
 def l0(Z: Tensor, tol: float = 0.0, normalize: bool = False) -> Tensor:
@@ -567,6 +591,25 @@ def l0(Z: Tensor, tol: float = 0.0, normalize: bool = False) -> Tensor:
     return count
 
 
+#: Rate conventions of the SRR measure (docs/rates.md "Rate conventions"): how tokens are scaled
+#: before the rates and the default ε. ``"gamma1"``: raw tokens, ε² = p/N (γ = 1, the CRATE
+#: models' convention); ``"unit"``: every token (per head for R^c) scaled to unit norm, ε² = 0.01
+#: (the official CRATE analysis tool's convention).
+RATE_CONVENTIONS = ("gamma1", "unit")
+#: ε of the ``"unit"`` convention (ε² = 0.01).
+UNIT_EPS = 0.1
+
+
+def rate_eps(rate: str, num_tokens: int, dim_head: int, eps: float | None = None) -> float:
+    """The ε a rate convention uses: ``eps`` when given, else ``sqrt(p/N)`` (``"gamma1"``) or
+    :data:`UNIT_EPS` (``"unit"``)."""
+    if rate not in RATE_CONVENTIONS:
+        raise ValueError(f"rate must be one of {', '.join(map(repr, RATE_CONVENTIONS))}, got {rate!r}")
+    if eps is not None:
+        return _check_eps(eps)
+    return default_eps(num_tokens, dim_head) if rate == "gamma1" else UNIT_EPS
+
+
 def srr_terms(
     Z: Tensor,
     U: Tensor,
@@ -576,22 +619,26 @@ def srr_terms(
     tol: float = 0.0,
     normalize: bool = False,
     dtype: torch.dtype | None = None,
+    rate: str = "gamma1",
 ) -> dict[str, Tensor | float]:
     """The terms of the sparse rate reduction measure [HZX-11] (spec §5) of one layer.
 
     ``μ = λ‖Z‖₀ + R^c(Z; U) − R(Z)`` with ``Z`` the layer's output ``(..., N, d)`` and ``U`` its
     subspaces (``(K, d, p)`` or ``(..., K, d, p)``). Returns ``{"R", "Rc", "l0", "mu"}``, each of
-    shape ``Z.shape[:-2]`` (every term computed once), and ``"eps"``: the float ε used. ``eps=None``
-    is the CRATE convention γ = 1 (spec §2), ``ε = default_eps(N, p) = sqrt(p/N)``. ``tol`` and
-    ``normalize`` are passed to :func:`l0`; ``‖Z‖₀`` contributes no gradient to ``mu``.
+    shape ``Z.shape[:-2]`` (every term computed once), and ``"eps"``: the float ε used. ``rate``
+    names the rate convention (:data:`RATE_CONVENTIONS`): ``"gamma1"`` (default; ``eps=None`` is
+    γ = 1, ``ε = sqrt(p/N)``) or ``"unit"`` (tokens scaled to unit norm, ``eps=None`` is ε = 0.1).
+    ``tol`` and ``normalize`` are passed to :func:`l0` (``normalize=True``: the fraction of non-zero
+    entries instead of their count); ``‖Z‖₀`` contributes no gradient to ``mu``.
     """
     _check_z(Z)
     K, p = _check_u(U, Z)
     n = Z.shape[-2]
-    eps = default_eps(n, p) if eps is None else _check_eps(eps)
+    eps = rate_eps(rate, n, p, eps)
     lam = _check_lam(lam)
-    R = _coding_rate(Z, eps, dtype)
-    Rc = _compression_rate(Z, U, eps, dtype)
+    unit = rate == "unit"
+    R = _coding_rate(Z, eps, dtype, unit=unit)
+    Rc = _compression_rate(Z, U, eps, dtype, unit=unit)
     count = l0(Z, tol=tol, normalize=normalize).to(R.dtype)
     return {"R": R, "Rc": Rc, "l0": count, "mu": lam * count + Rc - R, "eps": eps}
 
@@ -605,10 +652,11 @@ def srr(
     tol: float = 0.0,
     normalize: bool = False,
     dtype: torch.dtype | None = None,
+    rate: str = "gamma1",
 ) -> Tensor:
     """The sparse rate reduction measure ``μ = λ‖Z‖₀ + R^c(Z; U) − R(Z)`` [HZX-11] (spec §5):
     ``srr_terms(...)["mu"]``, shape ``Z.shape[:-2]``."""
-    return srr_terms(Z, U, eps, lam, tol=tol, normalize=normalize, dtype=dtype)["mu"]
+    return srr_terms(Z, U, eps, lam, tol=tol, normalize=normalize, dtype=dtype, rate=rate)["mu"]
 
 
 def compression_rate_grad(Z: Tensor, U: Tensor, eps: float, *, dtype: torch.dtype | None = None) -> Tensor:

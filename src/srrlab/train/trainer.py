@@ -7,7 +7,7 @@ A run folder holds::
     summary.json                status, epochs, final metrics, wall time
     weights_init.safetensors    weights at initialisation
     weights_final.safetensors   weights when the run ended
-    layerwise.jsonl             per-layer SRR table every ``srr_every`` epochs (spec §5), if asked
+    layerwise.jsonl             per-layer SRR tables every ``srr_every`` epochs, per protocol, if asked
     checkpoint/latest.json      pointer to the newest complete checkpoint
     checkpoint/epoch-NNNN/      model.safetensors + optimizer.pt (for --resume)
 
@@ -85,7 +85,13 @@ class TrainConfig:
     eval_batch_size: int = 500
     srr_every: int = 0  # record the per-layer SRR table at init and every E epochs (0: never)
     srr_images: int | None = 500  # training images it is averaged over (fixed subset)
-    srr_eps: float | None = None  # ε of the rates; None: γ = 1 (ε² = p/N)
+    # Evaluation protocol(s) of the recorded tables (docs/measures.md): the LayerNorms removed, one
+    # or several comma-separated ("pre,none": both, as the layer-wise figure draws them; the first
+    # one is the epoch's logged `srr`), the sparsity form and the rate convention.
+    srr_layernorm: str = "pre,none"
+    srr_sparsity: str = "count"
+    srr_rate: str = "gamma1"
+    srr_eps: float | None = None  # ε of the rates; None: the rate convention's (gamma1: ε² = p/N)
     srr_lam: float = 0.1  # λ of μ = λ‖Z‖₀ + R^c − R (measure and regulariser)
     srr_reg: float = 0.0  # η of the SRR regulariser (spec §7); 0: plain cross-entropy training
     srr_layers: str = "last"  # regularised layers: last | all | random | 1-based indices "i,j,…"
@@ -123,12 +129,26 @@ class TrainConfig:
             raise ValueError(f"srr_every must be a non-negative integer (0 = off), got {self.srr_every!r}")
         if self.srr_reg < 0 or self.srr_l1 < 0:
             raise ValueError(f"srr_reg and srr_l1 must be non-negative, got {self.srr_reg!r}, {self.srr_l1!r}")
+        self.srr_protocols()  # one clear error for a bad protocol
         if self.srr_images is not None and self.srr_images < 1:
             raise ValueError(f"srr_images must be a positive integer or None (all), got {self.srr_images!r}")
         if self.target_ce is not None and self.target_ce < 0:
             raise ValueError(f"target_ce must be non-negative or None, got {self.target_ce!r}")
         if not isinstance(self.compile, bool):
             raise ValueError(f"compile must be true or false, got {self.compile!r}")
+
+    def srr_protocols(self) -> list["SRRProtocol"]:
+        """The evaluation protocols of the ``srr_every`` recording, one per ``srr_layernorm`` entry."""
+        from ..rate import SRRProtocol
+
+        names = [n.strip() for n in str(self.srr_layernorm).split(",") if n.strip()]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"srr_layernorm must be one or more distinct comma-separated names of pre, all, none "
+                             f"(e.g. \"pre,none\"), got {self.srr_layernorm!r}")
+        try:
+            return [SRRProtocol(n, self.srr_sparsity, self.srr_rate) for n in names]
+        except ValueError as exc:
+            raise ValueError(f"srr_layernorm/srr_sparsity/srr_rate: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -330,12 +350,15 @@ class Trainer:
             return
         from ..rate import measure_srr
 
-        result = measure_srr(self.model, self.splits.train, eps=cfg.srr_eps, lam=cfg.srr_lam,
-                             max_images=cfg.srr_images, batch_size=cfg.eval_batch_size)
-        for row in result.table.to_dict("records"):
-            self.layerwise.append({"epoch": m["epoch"], **row, "eps": result.eps, "lam": result.lam,
-                                   "images": result.images})
-        m["srr"] = result.value
+        for i, protocol in enumerate(cfg.srr_protocols()):
+            result = measure_srr(self.model, self.splits.train, layernorm=protocol.layernorm,
+                                 sparsity=protocol.sparsity, rate=protocol.rate, eps=cfg.srr_eps, lam=cfg.srr_lam,
+                                 max_images=cfg.srr_images, batch_size=cfg.eval_batch_size)
+            for row in result.table.to_dict("records"):
+                self.layerwise.append({"epoch": m["epoch"], **row, "eps": result.eps, "lam": result.lam,
+                                       "images": result.images, "layernorm": protocol.layernorm,
+                                       "protocol": protocol.name, "protocol_train_acc": result.train_acc})
+            m["srr" if i == 0 else f"srr_{protocol.layernorm}"] = result.value
 
     def _summary(self, status: str, metrics: list[dict[str, Any]], wall: float) -> dict[str, Any]:
         last = metrics[-1]
@@ -532,7 +555,9 @@ def load_run(run_dir: str | os.PathLike, which: str = "final", device: str | tor
 def read_layerwise(run_dir: str | os.PathLike) -> "pd.DataFrame":
     """The per-layer SRR records of a run trained with ``srr_every > 0`` as a tidy table.
 
-    Columns: ``epoch, layer, R, Rc, l0, mu, eps, lam, images`` (one row per recorded epoch and layer).
+    Columns: ``epoch, layer, R, Rc, l0, fraction, mu, eps, lam, images, layernorm, protocol,
+    protocol_train_acc`` (one row per recorded epoch, protocol and layer). Records written before
+    the protocol was recorded (every LayerNorm removed, the count) get ``layernorm = "all"``.
     """
     import pandas as pd
 
@@ -542,4 +567,8 @@ def read_layerwise(run_dir: str | os.PathLike) -> "pd.DataFrame":
         raise FileNotFoundError(
             f"{path} is missing or empty: train with --srr-every E (srr_every=E) to record per-layer SRR"
         )
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if "layernorm" not in table:
+        table["layernorm"] = "all"
+        table["protocol"] = "layernorm=all sparsity=count rate=gamma1"
+    return table
