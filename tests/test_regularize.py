@@ -103,8 +103,14 @@ def test_presets():
     assert demo.datasets == ["digits"] and len(demo.points()) == 36
     assert [v["name"] for v in demo.grid["arm"]] == ["CE", "CE+SRR (last)", "CE+SRR (random)"]
     paper = load_regularize_spec("paper")
-    assert paper.datasets == ["cifar10", "cifar100"] and len(paper.points()) == 2 * 4 * 3 * 3
-    cfg = paper.train_config(paper.points()[-1])
+    assert paper.datasets == ["cifar10", "cifar100"] and len(paper.points()) == 2 * 4 * 8 * 3
+    # Table 2's arms (CE, last, random) and Table 6's fixed layers 2, 4, …, 10 (last = 12)
+    arms = {v["name"]: v.get("srr_layers") for v in paper.grid["arm"]}
+    assert arms == {"CE": None, "CE+SRR (last)": "last", "CE+SRR (random)": "random", "CE+SRR (layer 2)": "2",
+                    "CE+SRR (layer 4)": "4", "CE+SRR (layer 6)": "6", "CE+SRR (layer 8)": "8",
+                    "CE+SRR (layer 10)": "10"}
+    cfg = paper.train_config(next(p for p in paper.points() if p["arm"]["name"] == "CE+SRR (random)"
+                                  and p["dataset"] == "cifar100" and p["variant"] == "crate"))
     assert cfg.model == "crate-tiny" and cfg.lr == 1e-4 and cfg.schedule == "cosine" and cfg.epochs == 200
     assert cfg.batch_size == 128 and cfg.target_ce is None and cfg.augment == "randaugment"
     assert (cfg.randaugment_ops, cfg.randaugment_magnitude) == (2, 14)

@@ -73,18 +73,26 @@ def number(cell: str) -> float:
     return float("nan") if cell == "–" else float(cell)
 
 
+KW = dict(permutations=2_000, bootstrap=500, seed=0)  # the report's uncertainty settings in these tests
+
+
+def converged(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table["status"] == "done"]
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     table = population()
     out = tmp_path_factory.mktemp("report")
-    path = write_study_report(table, out, axes=AXES, title="test study",
-                              spec_text="[grid]\nvariant = ['crate-c', 'crate-n', 'crate-t', 'crate']\n")
-    return table, out, path, path.read_text(encoding="utf-8")
+    rep = write_study_report(table, out, axes=AXES, title="test study",
+                             spec_text="[grid]\nvariant = ['crate-c', 'crate-n', 'crate-t', 'crate']\n", **KW)
+    return table, out, rep.path, rep.path.read_text(encoding="utf-8"), rep
 
 
 def test_files_exist_and_pngs_are_valid(report):
-    _, out, path, _ = report
+    _, out, path, _, rep = report
     assert path == out / "report.md"
+    assert {f.name for f in rep.files} == set(FILES)
     for name in FILES:
         assert (out / name).is_file(), name
     for name in FILES:
@@ -96,7 +104,7 @@ def test_files_exist_and_pngs_are_valid(report):
 
 
 def test_runs_round_trip(report):
-    table, out, _, _ = report
+    table, out, _, _, _ = report
     back = pd.read_parquet(out / "runs.parquet")
     # pandas reads a text column of object dtype (`error`: str or None) back as its string dtype, with NaN
     # for None; every other column keeps its dtype, and every value is kept
@@ -110,60 +118,132 @@ def test_runs_round_trip(report):
     np.testing.assert_allclose(csv["measure.srr"], table["measure.srr"])
 
 
-def test_correlation_csv_uses_measured_runs(report):
-    table, out, _, text = report
-    expected = correlation_table(measured(table), measures=["measure.srr", "measure.l2", "measure.path-norm",
-                                                            "measure.inverse-margin"], axes=AXES)
-    got = pd.read_csv(out / "correlation.csv", index_col=0)
+def _read_correlation(out, stratum: str = "all models") -> pd.DataFrame:
+    got = pd.read_csv(out / "correlation.csv")
+    return got[got["stratum"] == stratum].drop(columns="stratum").set_index("measure")
+
+
+def test_correlation_csv_uses_converged_runs_only(report):
+    table, out, _, text, rep = report
+    names = ["measure.srr", "measure.l2", "measure.path-norm", "measure.inverse-margin"]
+    expected = correlation_table(converged(table), measures=names, axes=AXES, **KW)
+    got = _read_correlation(out)
     assert list(got.index) == list(expected.index) == ["srr", "l2", "path-norm", "inverse-margin"]
     pd.testing.assert_frame_equal(got, expected, check_dtype=False, check_names=False)
-    assert int(expected["n_models"].iloc[0]) == 14  # 13 done + 1 not-converged
-    assert "14 runs with status `done` (13) or `not-converged` (1)" in text
+    assert int(expected["n_models"].iloc[0]) == 13  # 13 done; the not-converged run is measured, not ranked
+    for col in ("tau_p", "tau_lo", "tau_hi", "Psi_p"):
+        assert got[col].notna().all(), col
+    assert "use the 13 runs that reached the stopping target" in text
+    assert "Not-converged runs (measured, not ranked):" in text and "`crate-t-lr0.001-bs128`" in text
+    assert rep.strata[0].title == "all models, n = 13 converged models"
+
+
+def test_include_not_converged_brings_them_in(tmp_path):
+    table = population()
+    rep = write_study_report(table, tmp_path, axes=AXES, include_not_converged=True, **KW)
+    expected = correlation_table(measured(table), axes=AXES, **KW)
+    pd.testing.assert_frame_equal(_read_correlation(tmp_path), expected, check_dtype=False, check_names=False)
+    assert rep.strata[0].title == "all models, n = 14 models (not-converged included)"
+    assert "14 runs with status `done` (13) or `not-converged` (1)" in rep.path.read_text(encoding="utf-8")
 
 
 def test_markdown_table_matches_correlation_table(report):
-    table, _, _, text = report
-    expected = correlation_table(measured(table), axes=AXES)
+    table, _, _, text, _ = report
+    expected = correlation_table(converged(table), axes=AXES, **KW)
     rows = markdown_rows(section(text, "Correlation with the generalisation gap"))
     header, body = rows[0], rows[1:]
-    assert header == ["measure", "ψ variant", "ψ lr", "ψ batch_size", "τ", "Ψ", "CMI"]
-    columns = ["psi.variant", "psi.lr", "psi.batch_size", "tau", "Psi", "cmi"]
+    assert header == ["measure", "ψ variant", "ψ lr", "ψ batch_size", "τ", "τ 95% interval", "p(τ)", "Ψ", "p(Ψ)",
+                      "CMI"]
     names = [re.search(r"`([^`]+)`", r[0]).group(1) for r in body]
     assert names == ["srr", "l2", "path-norm", "inverse-margin"]  # SRR first
-    values = np.array([[number(c) for c in r[1:]] for r in body])
-    np.testing.assert_allclose(values, expected.loc[names, columns].to_numpy(dtype=float).round(3), atol=1e-12)
-    for j in range(len(columns)):  # the largest printed value of each column is bold, nothing else is
-        bold = [r[1 + j].startswith("**") for r in body]
-        assert bold == list(values[:, j] == np.nanmax(values[:, j])), header[1 + j]
-        assert any(bold)
+    value_cols = {1: "psi.variant", 2: "psi.lr", 3: "psi.batch_size", 4: "tau", 7: "Psi", 9: "cmi"}
+    for j, col in value_cols.items():
+        values = np.array([number(r[j]) for r in body])
+        np.testing.assert_allclose(values, expected.loc[names, col].to_numpy(dtype=float).round(3), atol=1e-12)
+        bold = [r[j].startswith("**") for r in body]  # the largest printed value is bold, nothing else is
+        assert bold == list(values == np.nanmax(values)), header[j] and any(bold)
+    for r, name in zip(body, names):
+        lo, hi = expected.loc[name, ["tau_lo", "tau_hi"]]
+        assert r[5] == f"[{lo:.2f}, {hi:.2f}]".replace("-0.00", "0.00")
+        p = expected.loc[name, "tau_p"]
+        assert r[6] == ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
 
-def test_srr_sentence_when_srr_leads(report):
-    table, out, _, text = report
-    corr = pd.read_csv(out / "correlation.csv", index_col=0)
-    led, sentence = srr_led(corr)
-    assert led
-    assert corr["tau"].idxmax() == "srr"
-    assert sentence == (f"SRR had the highest overall Kendall τ ({corr.loc['srr', 'tau']:.3f}) of the 4 measures "
-                        f"on this population.")
-    assert sentence in text
+def test_srr_sentence_when_srr_leads_beyond_its_uncertainty(report):
+    table, out, _, text, rep = report
+    verdict = rep.strata[0].verdict
+    corr = _read_correlation(out)
+    assert verdict.leads and verdict.significant and verdict.rival == corr.drop(index="srr")["tau"].idxmax()
+    assert verdict.comparison.diff == pytest.approx(corr.loc["srr", "tau"] - corr.loc[verdict.rival, "tau"])
+    assert verdict.comparison.ci_low > 0
+    assert "SRR leads by more than its uncertainty: the paper's claim holds here" in verdict.sentence
+    assert verdict.sentence.startswith("all models, n = 13 converged models: SRR τ = ")
+    assert f"**{verdict.sentence}**" in text  # at the top of the report
+    assert verdict.sentence in rep.headline()
 
 
 def test_srr_sentence_when_srr_does_not_lead(tmp_path):
     table = population(oracle=True)
-    path = write_study_report(table, tmp_path, axes=AXES)
-    corr = pd.read_csv(tmp_path / "correlation.csv", index_col=0)
-    led, sentence = srr_led(corr)
-    assert not led
+    rep = write_study_report(table, tmp_path, axes=AXES, **KW)
+    corr = _read_correlation(tmp_path)
+    verdict = rep.strata[0].verdict
     assert corr.loc["oracle", "tau"] == pytest.approx(1.0)
-    assert sentence == (f"SRR did not have the highest overall τ: oracle did (1.000 vs "
-                        f"{corr.loc['srr', 'tau']:.3f} for SRR).")
-    text = path.read_text(encoding="utf-8")
-    assert sentence in text
+    assert not verdict.leads and verdict.rival == "oracle"
+    assert verdict.comparison.diff == pytest.approx(corr.loc["srr", "tau"] - 1.0)
+    # τ_SRR = 0.92 on 13 models: the resamples where SRR ties the oracle keep 0 inside the interval
+    assert verdict.comparison.ci_high == pytest.approx(0.0, abs=1e-12) and not verdict.significant
+    assert "SRR trails, by less than its uncertainty" in verdict.sentence
+    text = rep.path.read_text(encoding="utf-8")
     body = markdown_rows(section(text, "Correlation with the generalisation gap"))[1:]
     oracle = next(r for r in body if "`oracle`" in r[0])
     assert oracle[4] == "**1.000**"  # τ column
     assert body[0][0].endswith("(`srr`)")
+    # SRR's own parts are not its rivals
+    table["measure.srr-rate"] = table["gen.gap_ce"]
+    table = table.drop(columns="measure.oracle")
+    verdict = write_study_report(table, tmp_path / "parts", axes=AXES, **KW).strata[0].verdict
+    assert verdict.rival != "srr-rate" and verdict.leads
+
+
+def test_srr_sentence_when_the_lead_is_within_its_uncertainty(tmp_path):
+    table = population()
+    rng = np.random.default_rng(5)
+    table["measure.twin"] = table["measure.srr"] + rng.normal(0, 0.2, len(table))  # about as good as SRR
+    rep = write_study_report(table, tmp_path, axes=AXES, **KW)
+    verdict = rep.strata[0].verdict
+    assert verdict.rival == "twin" and not verdict.significant
+    assert verdict.comparison.ci_low < 0 < verdict.comparison.ci_high
+    assert ("by less than its uncertainty" in verdict.sentence)
+
+
+def test_one_table_per_width_and_the_pooled_one(tmp_path):
+    table = pd.concat([population(0).assign(**{"hp.dim": 64}), population(1).assign(**{"hp.dim": 128})],
+                      ignore_index=True)
+    table["id"] = table["id"] + "-d" + table["hp.dim"].astype(str)
+    table.loc[table["hp.dim"] == 128, "measure.srr"] += 100.0  # a count-like measure that grows with width
+    rep = write_study_report(table, tmp_path, axes=[*AXES, "hp.dim"], by=["dim"], **KW)
+    assert [st.label for st in rep.strata] == ["d = 64", "d = 128", "pooled over dim"]
+    assert [st.title for st in rep.strata] == ["d = 64, n = 13 converged models", "d = 128, n = 13 converged models",
+                                               "pooled over dim, n = 26 converged models"]
+    for st, dim in zip(rep.strata[:2], (64, 128)):
+        rows = converged(table[table["hp.dim"] == dim])
+        expected = correlation_table(rows, axes=AXES, **KW)  # the stratum's axis is not an axis inside it
+        got = _read_correlation(tmp_path, st.label)
+        assert got["psi.dim"].isna().all()  # the tidy file has every stratum's columns
+        pd.testing.assert_frame_equal(got[expected.columns], expected, check_dtype=False, check_names=False)
+        assert (tmp_path / f"fig_measures_grid_dim={dim}.png").read_bytes()[:8] == PNG_SIGNATURE
+    pooled = correlation_table(converged(table), axes=[*AXES, "hp.dim"], **KW)
+    pd.testing.assert_frame_equal(_read_correlation(tmp_path, "pooled over dim")[pooled.columns], pooled,
+                                  check_dtype=False, check_names=False)
+    text = rep.path.read_text(encoding="utf-8")
+    assert "### d = 64, n = 13 converged models\n" in text and "### d = 128, n = 13 converged models\n" in text
+    assert "### pooled over dim, n = 26 converged models — pooled (for reference only)" in text
+    assert "POOLED" in rep.headline() and rep.headline().index("d = 64") < rep.headline().index("POOLED")
+    # a single stratum: no pooled copy of it
+    one = write_study_report(table[table["hp.dim"] == 64], tmp_path / "one", axes=AXES, by=["dim"], **KW)
+    assert [st.label for st in one.strata] == ["d = 64"]
+    with pytest.raises(ValueError, match="stratum"):
+        write_study_report(table, tmp_path / "bad", axes=AXES, by=["nope"])
 
 
 def test_srr_led_ties_missing_and_undefined():
@@ -190,7 +270,7 @@ def test_srr_led_ties_missing_and_undefined():
 
 
 def test_counts_per_status_and_errors(report):
-    _, _, _, text = report
+    _, _, _, text, _ = report
     runs = section(text, "Runs")
     counts = {r[0]: r[1] for r in markdown_rows(runs)[1:]}
     assert counts == {"done": "13", "not-converged": "1", "diverged": "1", "failed": "1", "**all**": "**16**"}
@@ -205,7 +285,7 @@ def test_counts_per_status_and_errors(report):
 
 
 def test_report_contents(report):
-    _, _, _, text = report
+    _, _, _, text, _ = report
     assert text.startswith("# test study\n")
     assert "```\n[grid]\nvariant = ['crate-c', 'crate-n', 'crate-t', 'crate']\n```" in text
     for fig in ("fig_srr_vs_gap.png", "fig_measures_grid.png", "fig_summary.png"):
@@ -218,27 +298,32 @@ def test_report_contents(report):
 def test_nan_measure_values_are_counted(tmp_path):
     table = population()
     table.loc[[0, 5], "measure.l2"] = np.nan
-    text = write_study_report(table, tmp_path, axes=["variant", "lr", "batch_size"]).read_text(encoding="utf-8")
-    assert "Runs dropped for a NaN value: `l2` 2 of 14." in text
+    text = write_study_report(table, tmp_path, axes=["variant", "lr", "batch_size"], **KW).path.read_text(encoding="utf-8")
+    assert "Runs dropped for a NaN value: `l2` 2 of 13." in text
 
 
 def test_headline():
-    corr = correlation_table(measured(population()), axes=AXES).iloc[::-1]  # SRR last in the input
-    lines = headline(corr).splitlines()
+    corr = correlation_table(measured(population()), axes=AXES, permutations=0, bootstrap=0).iloc[::-1]
+    lines = headline(corr.drop(columns=["tau_p", "tau_lo", "tau_hi", "Psi_p"])).splitlines()  # SRR last in the input
     assert lines[0].split() == ["measure", "τ", "Ψ", "CMI"]
     assert lines[1].split()[0] == "srr"
     assert [ln.split()[0] for ln in lines[2:]] == ["inverse-margin", "path-norm", "l2"]
     assert lines[1].split()[1:] == [f"{corr.loc['srr', c]:.3f}" for c in ("tau", "Psi", "cmi")]
+    corr = correlation_table(measured(population()), axes=AXES, **KW)
+    lines = headline(corr).splitlines()
+    assert lines[0].split() == ["measure", "τ", "interval", "p", "Ψ", "CMI"]
+    srr = corr.loc["srr"]
+    assert lines[1].split()[1:4] == [f"{srr['tau']:.3f}", f"[{srr['tau_lo']:.2f},", f"{srr['tau_hi']:.2f}]"]
 
 
 def test_too_few_measured_runs(tmp_path):
     table = population()
     table.loc[table.index[1:], "status"] = "failed"
-    path = write_study_report(table, tmp_path, axes=AXES)
+    path = write_study_report(table, tmp_path, axes=AXES).path
     text = path.read_text(encoding="utf-8")
-    assert "Only 1 run finished training" in text and "at least 2 are needed" in text
-    assert "Kendall τ (" not in text  # no SRR sentence without a correlation table
-    corr = pd.read_csv(tmp_path / "correlation.csv", index_col=0)
+    assert "1 run entered this table; at least 2 are needed" in text
+    assert "SRR τ =" not in text  # no SRR sentence without a correlation table
+    corr = pd.read_csv(tmp_path / "correlation.csv")
     assert corr.empty and "tau" in corr.columns
     for name in FILES:
         assert (tmp_path / name).is_file()
@@ -254,10 +339,10 @@ def test_unknown_axis_or_gap_is_refused_before_writing(tmp_path):
 
 
 def test_empty_table_and_no_measures(tmp_path):
-    path = write_study_report(population().iloc[:0], tmp_path / "empty", axes=AXES)
-    assert "Only 0 runs finished training" in path.read_text(encoding="utf-8")
+    path = write_study_report(population().iloc[:0], tmp_path / "empty", axes=AXES).path
+    assert "0 runs entered this table" in path.read_text(encoding="utf-8")
     for name in FILES:
         assert (tmp_path / "empty" / name).is_file()
     table = population().drop(columns=[c for c in population().columns if c.startswith("measure.")])
-    text = write_study_report(table, tmp_path / "none", axes=AXES).read_text(encoding="utf-8")
+    text = write_study_report(table, tmp_path / "none", axes=AXES).path.read_text(encoding="utf-8")
     assert "no `measure.*` columns" in text

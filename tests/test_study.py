@@ -72,6 +72,15 @@ def test_presets():
     cfg = paper.train_config(paper.points()[0])
     assert cfg.model == "crate-c-tiny" and cfg.model_options["depth"] == 12 and cfg.model_options["heads"] == 6
     assert cfg.optimizer == "adam" and cfg.augment == "none" and cfg.target_ce == 0.01
+    # the paper's reporting rules: one table per width; the dropout axis sets all three dropouts
+    assert paper.report_by == ["dim"] and not paper.include_not_converged
+    from srrlab.models import model_config
+
+    point = next(p for p in paper.points() if p["dropout"] == 0.1)
+    mc = model_config(paper.train_config(point).model, **paper.train_config(point).model_options)
+    assert (mc.dropout, mc.attention_dropout, mc.embedding_dropout) == (0.1, 0.1, 0.1)
+    # [report] options change no run: the fingerprint ignores them
+    assert StudySpec.from_toml(TINY + "\n[report]\nby = [\"lr\"]\n").fingerprint() == StudySpec.from_toml(TINY).fingerprint()
 
 
 @pytest.mark.parametrize("edit, match", [
@@ -85,6 +94,10 @@ def test_presets():
     (lambda t: t.replace("heads = 2", "heads = 0"), "grid point.*heads must be a positive integer"),
     (lambda t: t.replace('dataset = "digits"', 'dataset = "mnist"'), "key 'dataset'"),
     (lambda t: t.replace("[grid]", "[grid"), "not valid TOML"),
+    (lambda t: t + "\n[report]\nby = [\"width\"]\n", "report.by.*'width'"),
+    (lambda t: t + "\n[report]\ngroup = [\"dim\"]\n", "unknown key 'report.group'"),
+    (lambda t: t + "\n[report]\ninclude_not_converged = \"yes\"\n", "include_not_converged"),
+    (lambda t: t.replace("[measures.settings]", "[measures.settings]\nlayernorm = \"post\""), "layernorm"),
 ])
 def test_invalid_specs_name_the_key(edit, match):
     with pytest.raises(SpecError, match=match):
@@ -239,21 +252,33 @@ def test_report_of_a_tiny_study(reference, tiny_spec, tmp_path, capsys):
     study = tmp_path / "s"
     assert cli(["study", "run", str(tiny_spec), "--dir", str(study), "--quiet"]) == 0
     capsys.readouterr()
+    # two epochs reach no target: by default no run enters a table; the option brings them in
     assert cli(["study", "report", str(study)]) == 0
     out = capsys.readouterr().out
-    assert "report.md" in out and "srr" in out
+    assert "n = 0 converged models: fewer than 2 runs" in out and "report.md" in out
+    assert cli(["study", "report", str(study), "--include-not-converged", "--permutations", "500",
+                "--bootstrap", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "report.md" in out and "srr" in out and "n = 4 models (not-converged included)" in out
     for name in ("report.md", "runs.parquet", "runs.csv", "correlation.csv", "fig_srr_vs_gap.png",
                  "fig_measures_grid.png", "fig_summary.png"):
         assert (study / name).exists(), name
     table = pd.read_parquet(study / "runs.parquet")
-    corr = pd.read_csv(study / "correlation.csv", index_col=0)
+    assert (table["gen.protocol"] == "layernorm=pre sparsity=count rate=gamma1").all()
+    assert table["gen.protocol_train_acc"].between(0, 1).all()
+    corr = pd.read_csv(study / "correlation.csv").set_index("measure")
     expected = correlation_table(table[table["status"].isin(["done", "not-converged"])],
                                  measures=["srr", "l2-dist", "log-prod-of-spec", "path-norm"],
-                                 axes=["hp.variant", "hp.lr"], gap="gen.gap_ce")
+                                 axes=["hp.variant", "hp.lr"], gap="gen.gap_ce", permutations=500, bootstrap=200)
     assert list(corr.index) == list(expected.index)
-    for col in ("tau", "Psi", "psi.variant", "psi.lr"):
+    for col in ("tau", "Psi", "psi.variant", "psi.lr", "tau_p", "tau_lo", "tau_hi", "Psi_p"):
         assert corr[col].to_numpy() == pytest.approx(expected[col].to_numpy(), nan_ok=True)
     text = (study / "report.md").read_text()
-    assert "SRR" in text and "Kendall" in text
+    assert "SRR" in text and "Kendall" in text and "layernorm=pre sparsity=count rate=gamma1" in text
+    # strata on the command line: one table per lr value, then the pooled one
+    assert cli(["study", "report", str(study), "--include-not-converged", "--by", "lr", "--permutations", "100",
+                "--bootstrap", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "lr = 0.001, n = 2" in out and "lr = 0.003, n = 2" in out and "POOLED" in out
     assert cli(["study", "report", str(tmp_path / "nothing")]) == 2
     assert "no study" in capsys.readouterr().err

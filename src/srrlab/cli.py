@@ -67,6 +67,7 @@ _TRAIN_FLAGS = {  # flag -> TrainConfig field
     "warmup_epochs": "warmup_epochs", "batch_size": "batch_size", "epochs": "epochs", "target_ce": "target_ce",
     "seed": "seed", "device": "device", "eval_batch_size": "eval_batch_size",
     "srr_every": "srr_every", "srr_images": "srr_images", "srr_eps": "srr_eps", "srr_lam": "srr_lam",
+    "srr_layernorm": "srr_layernorm", "srr_sparsity": "srr_sparsity", "srr_rate": "srr_rate",
     "srr_reg": "srr_reg", "srr_layers": "srr_layers", "srr_l1": "srr_l1",
     "randaugment_ops": "randaugment_ops", "randaugment_magnitude": "randaugment_magnitude",
 }
@@ -140,6 +141,10 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.float_format", "{:.4g}".format):
         print(shown.to_string(index=False))
+    print(f"protocol {settings.protocol.name}; other measures on the {settings.network} network")
+    if "gen.protocol_train_acc" in table and table["gen.protocol_train_acc"].notna().any():
+        accs = ", ".join(f"{a:.3f}" for a in table["gen.protocol_train_acc"])
+        print(f"training accuracy of the network SRR evaluates: {accs}")
     print(f"table   {out}")
     return 0
 
@@ -151,13 +156,17 @@ def cmd_layerwise(args: argparse.Namespace) -> int:
 
     runs = [(run_label(d), read_layerwise(d)) for d in args.runs]
     quantities = [q.strip() for q in args.quantities.split(",") if q.strip()]
+    layernorm = [q.strip() for q in args.layernorm.split(",") if q.strip()] if args.layernorm else None
     out = args.out or (os.path.join(args.runs[0], "layerwise.png") if len(args.runs) == 1
                        else f"layerwise-{time.strftime('%Y%m%d-%H%M%S')}.png")
-    path = plot_layerwise(runs, out, quantities=quantities)
+    path = plot_layerwise(runs, out, quantities=quantities, layernorm=layernorm)
     for (label, table), run in zip(runs, args.runs):
-        mu = table.groupby("epoch")["mu"].mean()
-        print(f"{run}: {label}; epochs {', '.join(str(e) for e in mu.index)}; "
-              f"mu_SRR {mu.iloc[0]:.4g} (epoch {mu.index[0]}) -> {mu.iloc[-1]:.4g} (epoch {mu.index[-1]})")
+        for ln, part in table.groupby("layernorm", sort=False):
+            if layernorm is not None and ln not in layernorm:
+                continue
+            mu = part.groupby("epoch")["mu"].mean()
+            print(f"{run}: {label}; layernorm removed: {ln}; epochs {', '.join(str(e) for e in mu.index)}; "
+                  f"mu_SRR {mu.iloc[0]:.4g} (epoch {mu.index[0]}) -> {mu.iloc[-1]:.4g} (epoch {mu.index[-1]})")
     print(f"figure  {path}")
     return 0
 
@@ -177,29 +186,31 @@ def cmd_study_run(args: argparse.Namespace) -> int:
 
 
 def cmd_study_report(args: argparse.Namespace) -> int:
-    report = _study_report(args.dir)
-    print(report["headline"])
-    print(report["sentence"])
-    print(f"report  {report['path']}")
+    report = _study_report(args.dir, by=args.by, include_not_converged=args.include_not_converged or None,
+                           permutations=args.permutations, bootstrap=args.bootstrap, seed=args.seed)
+    print(report.headline())
+    print(f"report  {report.path}")
     return 0
 
 
-def _study_report(directory: str) -> dict[str, Any]:
-    from .report import headline, srr_led, write_study_report
+def _study_report(directory: str, *, by: str | None = None, include_not_converged: bool | None = None,
+                  permutations: int = 10_000, bootstrap: int = 2_000, seed: int = 0):
+    """Write the report of the study in ``directory``: strata and the not-converged rule from the
+    spec's ``[report]`` table unless given (``by`` comma-separated; ``"none"``: no strata)."""
+    from .report import write_study_report
     from .study import StudyStore
+    from .study.store import DB_NAME
 
-    if not os.path.exists(os.path.join(directory, "study.sqlite")):
-        raise FileNotFoundError(f"{directory} holds no study (no study.sqlite); run `srrlab study run SPEC --dir {directory}`")
+    if not os.path.exists(os.path.join(directory, DB_NAME)):
+        raise FileNotFoundError(f"{directory} holds no study (no {DB_NAME}); run `srrlab study run SPEC --dir {directory}`")
     with StudyStore(directory) as store:
         spec = store.spec()
         table = store.table()
-    path = write_study_report(table, directory, axes=[f"hp.{a}" for a in spec.axes], title=f"srrlab study: {spec.name}",
-                              spec_text=spec.source)
-    import pandas as pd
-
-    corr = pd.read_csv(Path(directory) / "correlation.csv", index_col=0) if (Path(directory) / "correlation.csv").exists() else None
-    return {"path": path, "headline": headline(corr) if corr is not None else "(no correlation table)",
-            "sentence": srr_led(corr)[1] if corr is not None else ""}
+    strata = spec.report_by if by is None else [b.strip() for b in by.split(",") if b.strip() and b.strip() != "none"]
+    include = spec.include_not_converged if include_not_converged is None else include_not_converged
+    return write_study_report(table, directory, axes=[f"hp.{a}" for a in spec.axes], title=f"srrlab study: {spec.name}",
+                              spec_text=spec.source, by=strata, include_not_converged=include,
+                              permutations=permutations, bootstrap=bootstrap, seed=seed)
 
 
 # -- regularize -------------------------------------------------------------------------
@@ -253,10 +264,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"trained and measured in {time.perf_counter() - t0:.0f} s: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     report = _study_report(out)
     print()
-    print(report["headline"])
+    print(report.headline())
     print()
-    print(report["sentence"])
-    print(f"report  {report['path']}")
+    print(f"report  {report.path}")
     return 0
 
 
@@ -364,9 +374,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "see docs/performance.md)")
     p.add_argument("--eval-batch-size", type=int, help=f"default {defaults.eval_batch_size}")
     p.add_argument("--srr-every", type=int, metavar="E",
-                   help="record the per-layer SRR table (LayerNorm removed, train set) at init and every E epochs")
+                   help="record the per-layer SRR table (train set, protocols of --srr-layernorm) at init and "
+                        "every E epochs")
+    p.add_argument("--srr-layernorm", metavar="PROTOCOLS",
+                   help=f"LayerNorms removed for the recording: pre, all, none, or several comma-separated "
+                        f"(default {defaults.srr_layernorm}: both, side by side in `srrlab layerwise`)")
+    p.add_argument("--srr-sparsity", choices=["count", "fraction"],
+                   help=f"‖Z‖₀ as a count or a fraction (default {defaults.srr_sparsity})")
+    p.add_argument("--srr-rate", choices=["gamma1", "unit"],
+                   help=f"rate convention: gamma1 (ε² = p/N) or unit (unit-norm tokens, ε² = 0.01) "
+                        f"(default {defaults.srr_rate})")
     p.add_argument("--srr-images", type=int, help=f"training images SRR is averaged over (default {defaults.srr_images})")
-    p.add_argument("--srr-eps", type=_optional_float, help="ε of the rates (default: γ = 1, ε² = p/N)")
+    p.add_argument("--srr-eps", type=_optional_float, help="ε of the rates (default: the rate convention's)")
     p.add_argument("--srr-lam", type=float, help=f"λ of μ = λ‖Z‖₀ + R^c − R (default {defaults.srr_lam})")
     p.add_argument("--srr-reg", type=float, metavar="ETA",
                    help="add η·mean over the selected layers of μ^ℓ(layer(StopGrad(Z^{ℓ-1}))) to the loss (spec §7)")
@@ -382,7 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="*", metavar="RUN_DIR")
     p.add_argument("--measures", default=None, help="comma-separated names (default: all); see --list")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a MeasureSettings field, e.g. --set max_images=500 --set mc_samples=5 (repeatable)")
+                   help="a MeasureSettings field, e.g. --set max_images=500 --set mc_samples=5 (repeatable); "
+                        "the SRR protocol: --set layernorm=pre|all|none --set sparsity=count|fraction "
+                        "--set rate=gamma1|unit; --set network=protocol evaluates every measure on the "
+                        "protocol's network (docs/measures.md)")
     p.add_argument("--out", help="CSV of the tidy table (run, hp.*, gen.*, measure.*; default ./measures.csv)")
     p.add_argument("--list", action="store_true", help="list the measures with their references and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -393,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="PNG path (default RUN_DIR/layerwise.png for one run, ./layerwise-<time>.png otherwise)")
     p.add_argument("--quantities", default="mu,R,Rc,l0",
                    help="rows of the figure, from mu,R,Rc,l0 (default all; 'mu' alone is Figures 2-3)")
+    p.add_argument("--layernorm", help="only these recorded protocols, e.g. pre or pre,none (default: every "
+                                       "recorded one, side by side; see --srr-layernorm of srrlab train)")
     p.set_defaults(func=cmd_layerwise)
 
     p = sub.add_parser("study", help="generalisation studies: run a grid of models, then report")
@@ -400,8 +424,20 @@ def build_parser() -> argparse.ArgumentParser:
     q = ssub.add_parser("run", help="train and measure every grid point of SPEC (resumable)")
     _run_options(q, "study")
     q.set_defaults(func=cmd_study_run)
-    q = ssub.add_parser("report", help="write report.md, figures, runs.parquet/csv and correlation.csv into DIR")
+    q = ssub.add_parser("report", help="write report.md, figures, runs.parquet/csv and correlation.csv into DIR",
+                        description="Report the study in DIR: one correlation table per stratum (--by, default the "
+                                    "spec's [report] by) plus the pooled one, converged runs only unless "
+                                    "--include-not-converged, every τ with its permutation p-value and bootstrap "
+                                    "interval (docs/study.md).")
     q.add_argument("dir", metavar="DIR")
+    q.add_argument("--by", metavar="SETTINGS",
+                   help="one table per value of these comma-separated settings, e.g. dim (default: the spec's "
+                        "[report] by; 'none' for a single table)")
+    q.add_argument("--include-not-converged", action="store_true",
+                   help="let runs that stopped at the epoch limit before the target enter the tables")
+    q.add_argument("--permutations", type=int, default=10_000, help="permutations per p-value (default 10000)")
+    q.add_argument("--bootstrap", type=int, default=2_000, help="bootstrap resamples per interval (default 2000)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the permutations and resamples (default 0)")
     q.set_defaults(func=cmd_study_report)
 
     p = sub.add_parser("regularize", help="the SRR regularisation experiment: variants x {CE, CE+SRR} x seeds "

@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -26,7 +28,12 @@ from ..correlation import GEN_PREFIX, HP_PREFIX, MEASURE_PREFIX, correlation_tab
 from ..io import atomic_write
 
 __all__ = [
+    "CORRELATED_STATUSES",
     "MEASURABLE_STATUSES",
+    "SRRVerdict",
+    "Stratum",
+    "StudyReport",
+    "srr_verdict",
     "STATUSES",
     "write_study_report",
     "headline",
@@ -36,9 +43,13 @@ __all__ = [
 
 #: Every status a grid point can have, in the order the report lists them.
 STATUSES = ("done", "not-converged", "diverged", "failed", "pending", "running")
-#: Statuses whose models enter the correlation table: finished training, with or without reaching
-#: the stopping criterion (a model that ran out of epochs is still a trained model to measure).
+#: Statuses whose models are measured and drawn: finished training, with or without reaching the
+#: stopping criterion.
 MEASURABLE_STATUSES = ("done", "not-converged")
+#: Statuses whose models enter the correlation tables by default: those that reached the stopping
+#: target (the paper correlates the models it "successfully trained"); ``include_not_converged``
+#: adds the not-converged ones.
+CORRELATED_STATUSES = ("done",)
 
 SRR = "srr"
 _STATUS_COLOURS = {"done": "#2e7d32", "not-converged": "#f9a825", "diverged": "#c62828", "failed": "#424242",
@@ -208,20 +219,117 @@ def srr_led(correlation: pd.DataFrame) -> tuple[bool, str]:
     return False, f"SRR did not have the highest overall τ: {_join(leaders)} {verb} ({fb} vs {fs} for SRR)."
 
 
+def _is_srr_family(name: str) -> bool:
+    """SRR and its parts/conventions (``srr``, ``srr-rate``, …): not competitors of SRR."""
+    return _strip(str(name), MEASURE_PREFIX).split("-")[0] == SRR
+
+
+@dataclass
+class SRRVerdict:
+    """How SRR ranked against the other measures on one population (:func:`srr_verdict`).
+
+    ``leads``: SRR has the highest τ among SRR and the other (non-SRR) measures; ``rival``: the other
+    measure with the highest τ; ``comparison``: the paired bootstrap of SRR against it
+    (:func:`srrlab.correlation.compare_measures`), ``None`` when it could not be computed;
+    ``significant``: the interval of the difference excludes 0; ``sentence``: all of it in words.
+    """
+
+    leads: bool | None
+    rival: str | None
+    comparison: Any
+    significant: bool
+    sentence: str
+
+
+def srr_verdict(correlation: pd.DataFrame, table: pd.DataFrame | None = None, gap: str = "gen.gap_ce", *,
+                bootstrap: int = 2_000, seed: int = 0, label: str = "") -> SRRVerdict:
+    """Did SRR have the highest τ on this population, and is its lead (or deficit) larger than its
+    uncertainty? ``correlation`` is a :func:`~srrlab.correlation.correlation_table` (with the
+    ``tau_lo``/``tau_hi``/``tau_p`` columns when it has them); ``table`` the rows it was computed
+    from, for the paired bootstrap of SRR against the best other measure (SRR's own parts and
+    conventions, ``srr-*``, are not its rivals). ``label`` starts the sentence (e.g. ``"d = 64,
+    n = 14 converged models"``).
+    """
+    from ..correlation import compare_measures
+
+    tau = _tau_series(correlation)
+    prefix = f"{label}: " if label else ""
+    finite = tau[np.isfinite(tau.to_numpy())]
+    if SRR not in tau.index or not np.isfinite(float(tau[SRR])):
+        led, sentence = srr_led(correlation)
+        return SRRVerdict(None, None, None, False, prefix + sentence)
+    rivals = finite[[not _is_srr_family(n) for n in finite.index]]
+    if rivals.empty:
+        return SRRVerdict(True, None, None, False, prefix + "SRR is the only measure with a defined τ.")
+    rival = str(rivals.idxmax())
+    srr_tau, rival_tau = float(tau[SRR]), float(rivals.max())
+    row = correlation.loc[[i for i in correlation.index if _strip(str(i), MEASURE_PREFIX) == SRR][0]]
+    rrow = correlation.loc[[i for i in correlation.index if _strip(str(i), MEASURE_PREFIX) == rival][0]]
+
+    def describe(name: str, r: pd.Series, value: float) -> str:
+        extra = []
+        if "tau_lo" in r and np.isfinite(r.get("tau_lo", math.nan)):
+            extra.append(f"95% interval {_interval(r)}")
+        if "tau_p" in r and np.isfinite(r.get("tau_p", math.nan)):
+            extra.append(f"p = {_p(r['tau_p'])}")
+        return f"{name} τ = {_fmt(value)}" + (f" ({', '.join(extra)})" if extra else "")
+
+    leads = srr_tau >= rival_tau
+    cmp = None
+    if table is not None and bootstrap > 0:
+        cmp = compare_measures(table, SRR, rival, gap, bootstrap=bootstrap, seed=seed)
+    significant = bool(cmp is not None and cmp.separated)
+    text = prefix + describe("SRR", row, srr_tau) + "; " + describe(f"best other measure {rival}", rrow, rival_tau)
+    if cmp is not None:
+        diff = f"SRR − {rival} = {cmp.diff:+.3f} (paired bootstrap 95% interval [{cmp.ci_low:+.3f}, {cmp.ci_high:+.3f}])"
+        if leads:
+            verdict = ("SRR leads by more than its uncertainty: the paper's claim holds here" if significant else
+                       "SRR leads, but by less than its uncertainty: the paper's claim is not confirmed here")
+        else:
+            verdict = ("SRR trails by more than its uncertainty: the paper's claim does not hold here" if significant
+                       else "SRR trails, by less than its uncertainty: neither the claim nor its opposite is "
+                            "established here")
+        text += f". {diff}: {verdict}."
+    else:
+        text += (". SRR had the highest τ." if leads else f". SRR did not have the highest τ: {rival} did.")
+    return SRRVerdict(leads, rival, cmp, significant, text)
+
+
+def _interval(row: pd.Series, digits: int = 2) -> str:
+    lo, hi = row.get("tau_lo", math.nan), row.get("tau_hi", math.nan)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "–"
+    return f"[{_fmt(lo, digits)}, {_fmt(hi, digits)}]"
+
+
+def _p(value: float) -> str:
+    """A p-value: 3 significant decimals, ``< 0.001`` below."""
+    if value is None or not np.isfinite(value):
+        return "–"
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
 def headline(correlation: pd.DataFrame) -> str:
-    """A compact text table of a correlation table for a terminal: measure, τ, Ψ, CMI (3 decimals,
-    ``–`` for undefined), SRR first, the other measures in their order."""
+    """A compact text table of a correlation table for a terminal: measure, τ, its interval and
+    permutation p-value (when the table has them), Ψ, CMI (3 decimals, ``–`` for undefined), SRR
+    first, the other measures in their order."""
     tau = _tau_series(correlation)
     names = [str(n) for n in tau.index]
     order = _srr_first(names)
-    cols = [("τ", "tau"), ("Ψ", "Psi"), ("CMI", "cmi")]
+    uncertain = "tau_lo" in correlation.columns
     width = max([len("measure")] + [len(n) for n in names])
-    lines = [f"{'measure':<{width}}" + "".join(f"{h:>8}" for h, _ in cols)]
+    head = f"{'measure':<{width}}{'τ':>8}" + (f"{'interval':>17}{'p':>8}" if uncertain else "") \
+        + f"{'Ψ':>8}{'CMI':>8}"
+    lines = [head]
     position = {n: i for i, n in enumerate(names)}
     for name in order:
         row = correlation.iloc[position[name]]
-        cells = [_fmt(float(row[c])) if c in correlation.columns else "–" for _, c in cols]
-        lines.append(f"{name:<{width}}" + "".join(f"{c:>8}" for c in cells))
+        cells = f"{_fmt(float(row['tau'])):>8}"
+        if uncertain:
+            cells += f"{_interval(row):>17}{_p(float(row.get('tau_p', math.nan))):>8}"
+        for c in ("Psi", "cmi"):
+            cells += f"{_fmt(float(row[c])) if c in correlation.columns else '–':>8}"
+        lines.append(f"{name:<{width}}{cells}")
     return "\n".join(lines)
 
 
@@ -231,18 +339,29 @@ def headline(correlation: pd.DataFrame) -> str:
 
 def markdown_correlation_table(correlation: pd.DataFrame) -> str:
     """The Table 1 layout of a correlation table as markdown: rows = measures (SRR first), columns
-    ψ per axis, τ, Ψ, CMI, 3 decimals. In each column the largest printed value is in bold (every
-    cell that prints equal to it, so ties are all bold); undefined values print as ``–``."""
+    ψ per axis, τ, its 95% bootstrap interval and permutation p-value (when the table has them), Ψ
+    and its p-value, CMI, 3 decimals. In each value column the largest printed value is in bold
+    (every cell that prints equal to it, so ties are all bold); undefined values print as ``–``."""
     psi_cols = [c for c in correlation.columns if str(c).startswith("psi.")]
-    cols = [(f"ψ {str(c)[4:]}", c) for c in psi_cols] + [("τ", "tau"), ("Ψ", "Psi"), ("CMI", "cmi")]
+    cols = [(f"ψ {str(c)[4:]}", c) for c in psi_cols] + [("τ", "tau"), ("τ 95% interval", "tau_lo"),
+                                                         ("p(τ)", "tau_p"), ("Ψ", "Psi"), ("p(Ψ)", "Psi_p"),
+                                                         ("CMI", "cmi")]
     cols = [(h, c) for h, c in cols if c in correlation.columns]
     names = [_strip(str(n), MEASURE_PREFIX) for n in correlation.index]
     order = _srr_first(names)
     position = {n: i for i, n in enumerate(names)}
-    text = {c: [_fmt(float(v)) for v in pd.to_numeric(correlation[c], errors="coerce")] for _, c in cols}
+    values = {c: pd.to_numeric(correlation[c], errors="coerce").to_numpy(dtype=float) for _, c in cols}
+    text = {}
+    for _, c in cols:
+        if c == "tau_lo":
+            text[c] = [_interval(correlation.iloc[i]) for i in range(len(names))]
+        elif c in ("tau_p", "Psi_p"):
+            text[c] = [_p(v) for v in values[c]]
+        else:
+            text[c] = [_fmt(v) for v in values[c]]
     best = {}
     for _, c in cols:
-        shown = [float(t) for t in text[c] if t != "–"]
+        shown = [float(t) for t in text[c] if t != "–"] if c not in ("tau_lo", "tau_p", "Psi_p") else []
         best[c] = _fmt(max(shown)) if shown else None
     lines = ["| measure | " + " | ".join(h for h, _ in cols) + " |",
              "|---|" + "---:|" * len(cols)]
@@ -306,33 +425,45 @@ def _legend_handles(palette: dict, colour_label: str, hollow: bool) -> list:
     return handles
 
 
-def _fig_srr(path: Path, data: pd.DataFrame, gap: str, srr_col: str | None, tau: float, colour_col: str | None,
+def _fig_srr(path: Path, strata: Sequence["Stratum"], gap: str, srr_col: str | None, colour_col: str | None,
              colour_label: str, palette: dict) -> Path:
+    """The paper's Figure 4, one panel per stratum: SRR against the gap, hollow = not converged."""
     title = "SRR measure vs generalisation gap"
     if srr_col is None:
         return _message_figure(path, title, "no measure.srr column in the table")
-    data = data[np.isfinite(pd.to_numeric(data[srr_col], errors="coerce").astype(float))
-                & np.isfinite(pd.to_numeric(data[gap], errors="coerce").astype(float))]
-    if len(data) < 2:
-        return _message_figure(path, title,
-                               f"{_plural(len(data), 'measurable run')} with an SRR value: nothing to correlate")
-    fig = _new_figure(6.8, 4.8)
-    ax = fig.subplots()
-    _scatter_groups(ax, data, gap, srr_col, colour_col, palette, size=46)
-    ax.set_xlabel(_GAP_LABELS.get(gap, gap))
-    ax.set_ylabel(r"SRR measure $\mu_{SRR}$")
-    ax.set_title(f"{title}\nKendall τ = {_fmt(tau)}   (n = {len(data)} models)")
-    ax.grid(alpha=0.3)
-    used = {k: v for k, v in palette.items() if k in set(data[colour_col])} if colour_col else {}
+    panels = []
+    for st in strata:
+        data = st.runs[np.isfinite(pd.to_numeric(st.runs[srr_col], errors="coerce").astype(float))
+                       & np.isfinite(pd.to_numeric(st.runs[gap], errors="coerce").astype(float))]
+        if len(data) >= 2:
+            panels.append((st, data))
+    if not panels:
+        return _message_figure(path, title, "fewer than 2 measured runs with an SRR value: nothing to correlate")
+    fig = _new_figure(5.6 * len(panels) + 0.6, 4.8)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)).ravel()
+    hollow = False
+    for ax, (st, data) in zip(axes, panels):
+        _scatter_groups(ax, data, gap, srr_col, colour_col, palette, size=46)
+        hollow = hollow or bool((data["status"] == "not-converged").any())
+        ax.set_xlabel(_GAP_LABELS.get(gap, gap))
+        ax.set_ylabel(r"SRR measure $\mu_{SRR}$")
+        corr = st.correlation
+        row = corr.loc[SRR] if corr is not None and SRR in corr.index else None
+        stat = "τ undefined" if row is None else f"τ = {_fmt(row['tau'])}" + (
+            f" {_interval(row)}, p = {_p(row['tau_p'])}" if "tau_lo" in row else "")
+        ax.set_title(f"{st.title}\n{stat}", fontsize=10)
+        ax.grid(alpha=0.3)
+    used = {k: v for k, v in palette.items() if any(k in set(d[colour_col]) for _, d in panels)} if colour_col else {}
     if used:
-        ax.legend(handles=_legend_handles(used, colour_label, (data["status"] == "not-converged").any()),
-                  title=colour_label, fontsize=9, title_fontsize=9, loc="best", framealpha=0.85)
+        axes[0].legend(handles=_legend_handles(used, colour_label, hollow), title=colour_label, fontsize=9,
+                       title_fontsize=9, loc="best", framealpha=0.85)
+    fig.suptitle(title, fontsize=11)
     return _save(fig, path)
 
 
 def _fig_grid(path: Path, data: pd.DataFrame, gap: str, measure_cols: Sequence[str], taus: dict,
-              colour_col: str | None, colour_label: str, palette: dict) -> Path:
-    title = "Complexity measures vs generalisation gap"
+              colour_col: str | None, colour_label: str, palette: dict, title_suffix: str = "") -> Path:
+    title = "Complexity measures vs generalisation gap" + (f" — {title_suffix}" if title_suffix else "")
     if not measure_cols:
         return _message_figure(path, title, "no measure.* columns in the table")
     if len(data) < 2:
@@ -463,21 +594,116 @@ def _settings_lines(table: pd.DataFrame, axis_cols: Sequence[str]) -> list[str]:
     return lines
 
 
+@dataclass
+class Stratum:
+    """One population of the report: the runs sharing the values ``key`` of the ``by`` settings
+    (``key = {}``: every run; ``pooled``: every run of a stratified study, widths pooled)."""
+
+    label: str  # "d = 64", "all models", "pooled over dim"
+    key: dict[str, Any]
+    pooled: bool
+    runs: pd.DataFrame  # its measured runs (done or not-converged), drawn in the figures
+    included: pd.DataFrame  # the runs that enter its correlation table
+    axes: list[str]  # the axes of its granulated coefficients
+    correlation: pd.DataFrame | None = None  # None with fewer than 2 included runs
+    verdict: SRRVerdict | None = None
+    converged_only: bool = True
+
+    @property
+    def title(self) -> str:
+        """``"d = 64, n = 14 converged models"``: what a table or panel is about."""
+        kind = "converged models" if self.converged_only else "models (not-converged included)"
+        return f"{self.label}, n = {len(self.included)} {kind}"
+
+    @property
+    def slug(self) -> str:
+        """For file names: ``""`` (unstratified), ``"dim=64"``, ``"pooled"``."""
+        if self.pooled:
+            return "pooled"
+        return ",".join(f"{k}={_value(v)}" for k, v in self.key.items())
+
+
+@dataclass
+class StudyReport:
+    """What :func:`write_study_report` wrote and found: ``path`` (``report.md``), the strata (one per
+    value of the ``by`` settings, then the pooled one; a single "all models" stratum without
+    ``by``), and the files it wrote."""
+
+    path: Path
+    strata: list[Stratum]
+    files: list[Path]
+
+    def headline(self) -> str:
+        """Per stratum: its title, the compact table (:func:`headline`) and the SRR sentence."""
+        blocks = []
+        for st in self.strata:
+            if st.correlation is None:
+                blocks.append(f"{st.title}: fewer than 2 runs, no correlation table")
+                continue
+            lines = [f"{st.title}" + (" — POOLED over the strata (for reference only)" if st.pooled else ""),
+                     headline(st.correlation)]
+            if st.verdict is not None:
+                lines.append(st.verdict.sentence)
+            blocks.append("\n".join(lines))
+        return "\n\n".join(blocks)
+
+
+_BY_LABELS = {"dim": "d"}
+
+
+def _stratum_label(key: dict[str, Any]) -> str:
+    return ", ".join(f"{_BY_LABELS.get(k, k)} = {_value(v)}" for k, v in key.items()) or "all models"
+
+
+def _strata(measured: pd.DataFrame, by_cols: Sequence[str], axis_cols: Sequence[str],
+            included_statuses: Sequence[str]) -> list[Stratum]:
+    converged_only = tuple(included_statuses) == CORRELATED_STATUSES
+    def make(label, key, pooled, runs, axes):
+        return Stratum(label, key, pooled, runs, runs[runs["status"].isin(included_statuses)], list(axes),
+                       converged_only=converged_only)
+
+    if not by_cols:
+        return [make("all models", {}, False, measured, axis_cols)]
+    inner = [a for a in axis_cols if a not in by_cols]
+    out = []
+    keys = measured[list(by_cols)].drop_duplicates()
+    keys = keys.sort_values(list(by_cols), key=lambda s: pd.to_numeric(s, errors="coerce").fillna(0)) \
+        if len(keys) else keys
+    for _, k in keys.iterrows():
+        key = {_strip(c, HP_PREFIX): k[c] for c in by_cols}
+        sel = np.logical_and.reduce([measured[c] == k[c] for c in by_cols])
+        out.append(make(_stratum_label(key), key, False, measured[sel], inner))
+    if len(out) > 1:  # with a single stratum the pooled table would repeat it
+        names = ", ".join(_strip(c, HP_PREFIX) for c in by_cols)
+        out.append(make(f"pooled over {names}", {}, True, measured, axis_cols))
+    return out
+
+
 def write_study_report(table: pd.DataFrame, out_dir: str | os.PathLike, *, axes: list[str],
-                       gap: str = "gen.gap_ce", title: str = "srrlab study", spec_text: str | None = None) -> Path:
-    """Write the report of a generalisation study into ``out_dir`` and return the path of ``report.md``.
+                       gap: str = "gen.gap_ce", title: str = "srrlab study", spec_text: str | None = None,
+                       by: Sequence[str] = (), include_not_converged: bool = False, permutations: int = 10_000,
+                       bootstrap: int = 2_000, seed: int = 0) -> StudyReport:
+    """Write the report of a generalisation study into ``out_dir``; returns a :class:`StudyReport`.
 
     ``table`` has one row per grid point: ``id``, ``status`` (one of :data:`STATUSES`), ``error``,
     ``hp.*``, ``gen.*`` and ``measure.*`` columns (SRR is ``measure.srr``; larger = more complex).
     ``axes`` are the grid axes (``hp.`` prefix optional), ``gap`` the generalisation gap column
     (``gen.`` prefix optional), ``spec_text`` the study's settings, quoted verbatim in the report.
 
+    The paper's population rules (docs/study.md): ``by`` (e.g. ``["dim"]``) reports one table per
+    value of those settings (the paper's Table 1 is one width), followed by the pooled table,
+    labelled as such (when there are several values); only the runs that reached the stopping target (status ``done``) enter a
+    table, unless ``include_not_converged`` — the others are counted, listed and drawn hollow.
+    Every τ carries its permutation p-value and bootstrap interval (``permutations``,
+    ``bootstrap``, ``seed``; :func:`srrlab.correlation.correlation_table`) and every table ends with
+    :func:`srr_verdict`, the paired bootstrap of SRR against the best other measure.
+
     Files (each written atomically): ``runs.parquet`` and ``runs.csv`` (the whole table),
-    ``correlation.csv`` (:func:`srrlab.correlation.correlation_table` over the runs whose status is
-    in :data:`MEASURABLE_STATUSES`, SRR first; only its header when fewer than 2 such runs),
-    ``fig_srr_vs_gap.png`` (the paper's Figure 4), ``fig_measures_grid.png`` (every measure against
-    the gap, each titled with its τ), ``fig_summary.png`` (accuracy and run counts per model type) and
-    ``report.md``. Model type is ``hp.variant`` when the table has it, else the first axis.
+    ``correlation.csv`` (tidy: one row per stratum and measure, the stratum in the first column),
+    ``fig_srr_vs_gap.png`` (the paper's Figure 4, a panel per stratum), ``fig_measures_grid.png``
+    (every measure against the gap; one file per stratum, ``fig_measures_grid_<stratum>.png``, when
+    stratified), ``fig_summary.png`` (accuracy and run counts per model type) and ``report.md``.
+    Model type is ``hp.variant`` when the table has it, else the first axis.
     """
     if not isinstance(table, pd.DataFrame):
         raise TypeError(f"table must be a pandas DataFrame, got {type(table).__name__}")
@@ -485,36 +711,47 @@ def write_study_report(table: pd.DataFrame, out_dir: str | os.PathLike, *, axes:
         raise ValueError("table has no 'status' column")
     if isinstance(axes, str):
         axes = [axes]
+    if isinstance(by, str):
+        by = [by]
     axis_cols = [_column(table, a, HP_PREFIX, "axis") for a in axes]
+    by_cols = [_column(table, b, HP_PREFIX, "stratum (by)") for b in by]
     gap_col = _column(table, gap, GEN_PREFIX, "gap")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
 
     # --- the table itself
-    atomic_write(out / "runs.parquet", lambda tmp: table.to_parquet(tmp, engine="pyarrow"))
-    atomic_write(out / "runs.csv", lambda tmp: table.to_csv(tmp, index=False))
+    files.append(atomic_write(out / "runs.parquet", lambda tmp: table.to_parquet(tmp, engine="pyarrow")))
+    files.append(atomic_write(out / "runs.csv", lambda tmp: table.to_csv(tmp, index=False)))
 
-    # --- which runs are measured
+    # --- which runs are measured, which enter the tables
     status = table["status"].astype(str)
     present = [s for s in STATUSES if (status == s).any()]
     extra = [s for s in pd.unique(status) if s not in STATUSES]
     statuses = list(STATUSES[:4]) + [s for s in STATUSES[4:] if s in present] + sorted(extra)
     counts = {s: int((status == s).sum()) for s in statuses}
     measured = table[status.isin(MEASURABLE_STATUSES)]
+    included_statuses = MEASURABLE_STATUSES if include_not_converged else CORRELATED_STATUSES
     measure_cols = _srr_first([c for c in map(str, table.columns) if c.startswith(MEASURE_PREFIX)])
     srr_col = next((c for c in measure_cols if _is_srr(c)), None)
 
-    # --- correlation table
-    enough = len(measured) >= 2 and bool(measure_cols)
-    if enough:
-        corr = correlation_table(measured, measures=measure_cols, axes=axis_cols, gap=gap_col)
+    # --- one correlation table per stratum
+    strata = _strata(measured, by_cols, axis_cols, included_statuses)
+    frames = []
+    for st in strata:
+        if len(st.included) >= 2 and measure_cols:
+            st.correlation = correlation_table(st.included, measures=measure_cols, axes=st.axes, gap=gap_col,
+                                               permutations=permutations, bootstrap=bootstrap, seed=seed)
+            st.verdict = srr_verdict(st.correlation, st.included, gap_col, bootstrap=bootstrap, seed=seed,
+                                     label=st.title)
+            frames.append(st.correlation.reset_index().assign(stratum=st.label))
+    if frames:
+        corr_all = pd.concat(frames, ignore_index=True)
+        corr_all = corr_all[["stratum", *[c for c in corr_all.columns if c != "stratum"]]]
     else:
-        columns = [f"psi.{_strip(a, HP_PREFIX)}" for a in axis_cols] + [
-            "tau", "Psi", "cmi", "sign_error.mean", "sign_error.p90", "sign_error.max", "sign_error.count",
-            "n_models", "n_dropped"]
-        corr = pd.DataFrame(columns=columns, index=pd.Index([], name="measure"))
-    atomic_write(out / "correlation.csv", lambda tmp: corr.to_csv(tmp))
-    taus = {str(k): float(v) for k, v in corr["tau"].items()} if enough else {}
+        corr_all = pd.DataFrame(columns=["stratum", "measure", "tau", "tau_p", "tau_lo", "tau_hi", "Psi", "Psi_p",
+                                         "cmi", "n_models", "n_dropped"])
+    files.append(atomic_write(out / "correlation.csv", lambda tmp: corr_all.to_csv(tmp, index=False)))
 
     # --- figures
     if "hp.variant" in table.columns:
@@ -524,35 +761,53 @@ def write_study_report(table: pd.DataFrame, out_dir: str | os.PathLike, *, axes:
     colour_label = "model type" if colour_col == "hp.variant" else (
         _strip(colour_col, HP_PREFIX) if colour_col else "all runs")
     palette = _palette(_sorted_levels(table[colour_col])) if colour_col else {}
-    _fig_srr(out / "fig_srr_vs_gap.png", measured, gap_col, srr_col, taus.get(SRR, math.nan), colour_col,
-             colour_label, palette)
-    _fig_grid(out / "fig_measures_grid.png", measured, gap_col, measure_cols, taus, colour_col, colour_label,
-              palette)
+    files.append(_fig_srr(out / "fig_srr_vs_gap.png", strata, gap_col, srr_col, colour_col, colour_label, palette))
+    grid_files = []
+    for st in strata:
+        if st.pooled:
+            continue
+        name = "fig_measures_grid.png" if not st.slug else f"fig_measures_grid_{st.slug}.png"
+        taus = {str(k): float(v) for k, v in st.correlation["tau"].items()} if st.correlation is not None else {}
+        grid_files.append((st, _fig_grid(out / name, st.runs, gap_col, measure_cols, taus, colour_col, colour_label,
+                                         palette, title_suffix=st.title if st.slug else "")))
+    files += [f for _, f in grid_files]
     summary = _summary_table(table, colour_col, statuses)
-    _fig_summary(out / "fig_summary.png", summary, colour_label, statuses)
+    files.append(_fig_summary(out / "fig_summary.png", summary, colour_label, statuses))
 
     # --- report.md
     md: list[str] = [f"# {title}", ""]
     md += [f"{len(table)} grid points; generalisation gap `{gap_col}`"
            + (f" ({_GAP_LABELS[gap_col].split(': ')[-1]})" if gap_col in _GAP_LABELS else "")
-           + f"; model type = `{colour_col or '–'}`.", ""]
-    if enough:
-        md += [f"**{srr_led(corr)[1]}**", ""]
+           + f"; model type = `{colour_col or '–'}`"
+           + (f"; one table per value of {', '.join(f'`{_strip(b, HP_PREFIX)}`' for b in by_cols)}" if by_cols else "")
+           + ".", ""]
+    for st in strata:
+        if st.verdict is not None and not st.pooled:
+            md += [f"**{st.verdict.sentence}**", ""]
 
     md += ["## Settings", ""]
     md += _settings_lines(table, axis_cols) or ["- (no hp.* columns)"]
     md += [""]
+    md += _protocol_lines(measured)
     if spec_text:
         md += ["Study specification:", "", _fence(spec_text), ""]
 
     md += ["## Runs", ""]
     md += [_md_table(["status", "runs"], [[s, str(counts[s])] for s in statuses] + [["**all**", f"**{len(table)}**"]]),
            ""]
-    md += [f"The correlation table and the scatter figures use the {_plural(len(measured), 'run')} with status "
-           f"`done` ({counts['done']}) or `not-converged` ({counts['not-converged']}): a model that stopped "
-           f"at the epoch limit before reaching the train cross-entropy target is still a trained model and is "
-           f"measured; diverged, failed, pending and running runs are left out. Hollow markers in the figures "
-           f"are not-converged runs.", ""]
+    n_in = int(measured["status"].isin(included_statuses).sum())
+    if include_not_converged:
+        md += [f"The correlation tables use the {_plural(n_in, 'run')} with status `done` ({counts['done']}) or "
+               f"`not-converged` ({counts['not-converged']}) (`include_not_converged = true`); hollow markers in "
+               "the figures are not-converged runs. Diverged, failed, pending and running runs are left out.", ""]
+    else:
+        md += [f"The correlation tables use the {_plural(n_in, 'run')} that reached the stopping target (status "
+               f"`done`), as the paper correlates the models it \"successfully trained\" to its target loss. The "
+               f"{_plural(counts['not-converged'], 'run')} that stopped at the epoch limit first (`not-converged`) "
+               "were measured and are drawn hollow in the figures, but are not ranked (`include_not_converged = "
+               "true` under `[report]`, or `srrlab study report --include-not-converged`, brings them in). "
+               "Diverged, failed, pending and running runs are left out.", ""]
+        md += _not_converged_lines(measured, axis_cols, by_cols)
     bad = table[status.isin(["failed", "diverged"])]
     if len(bad):
         md += ["Failed and diverged runs:", ""]
@@ -567,30 +822,42 @@ def write_study_report(table: pd.DataFrame, out_dir: str | os.PathLike, *, axes:
     md += ["## Correlation with the generalisation gap", ""]
     if not measure_cols:
         md += ["The table has no `measure.*` columns: there is nothing to correlate.", ""]
-    elif not enough:
-        md += [f"Only {_plural(len(measured), 'run')} finished training (`done` or `not-converged`); at least 2 are "
-               f"needed for a rank correlation, so no correlation table was computed (`correlation.csv` holds "
-               f"only its header).", ""]
-    else:
-        md += [markdown_correlation_table(corr), ""]
-        md += ["Kendall's τ-a over all measured runs (τ), granulated ψ per axis and Ψ (their mean), and the "
-               "conditional-mutual-information score (CMI) of Jiang et al. 2020 — definitions in "
-               "`docs/correlation.md`. Larger is better in every column; the best value of each column is in "
-               "bold; – = undefined. `correlation.csv` also has Dziugaite et al.'s sign-errors and the counts.",
-               ""]
-        dropped = corr[corr["n_dropped"] > 0]
+    for st in strata if measure_cols else []:
+        md += [f"### {st.title}" + (" — pooled (for reference only)" if st.pooled else ""), ""]
+        if st.pooled:
+            md += [f"Every stratum together. The paper never pools widths: {_md_escape(', '.join(map(str, st.key)) or 'the strata')} "
+                   "order many pairs by themselves (the count ‖Z‖₀ and most norms grow with the width), so this "
+                   "table answers a different question than the per-stratum tables above.", ""]
+        if st.correlation is None:
+            md += [f"{_plural(len(st.included), 'run')} entered this table; at least 2 are needed for a rank "
+                   "correlation, so no table was computed.", ""]
+            continue
+        md += [markdown_correlation_table(st.correlation), ""]
+        if st.verdict is not None:
+            md += [st.verdict.sentence, ""]
+        dropped = st.correlation[st.correlation["n_dropped"] > 0]
         if len(dropped):
             md += ["Runs dropped for a NaN value: " + "; ".join(
                 f"`{m}` {int(r['n_dropped'])} of {int(r['n_dropped']) + int(r['n_models'])}"
                 for m, r in dropped.iterrows()) + ".", ""]
+    if any(st.correlation is not None for st in strata):
+        md += ["Kendall's τ-a over the included runs (τ) with its 95% percentile-bootstrap interval over models and "
+               "its two-sided permutation p-value, granulated ψ per axis and Ψ (their mean) with Ψ's permutation "
+               "p-value (the gap permuted within each axis's groups), and the conditional-mutual-information score "
+               "(CMI) of Jiang et al. 2020 — definitions in `docs/correlation.md`. Larger is better in every value "
+               "column; the best value of each is in bold; – = undefined. `correlation.csv` also has Dziugaite et "
+               "al.'s sign-errors and the counts. The sentence under each table compares SRR with the best other "
+               "measure by a paired bootstrap over models (SRR's own parts, `srr-*`, are not its rivals).", ""]
 
     md += ["## Figures", "",
            "![SRR measure vs generalisation gap](fig_srr_vs_gap.png)", "",
-           "`fig_srr_vs_gap.png`: the SRR measure against the generalisation gap, one colour per model type "
-           "(the paper's Figure 4).", "",
-           "![Every measure vs generalisation gap](fig_measures_grid.png)", "",
-           "`fig_measures_grid.png`: every measure against the gap, each panel titled with its τ.", "",
-           "![Accuracy and convergence per model type](fig_summary.png)", "",
+           "`fig_srr_vs_gap.png`: the SRR measure against the generalisation gap, one colour per model type, "
+           "hollow markers = not converged, one panel per table (the paper's Figure 4).", ""]
+    for st, f in grid_files:
+        md += [f"![Every measure vs generalisation gap{(' — ' + st.label) if st.slug else ''}]({f.name})", "",
+               f"`{f.name}`: every measure against the gap{(' for ' + st.label) if st.slug else ''}, each panel "
+               "titled with its τ.", ""]
+    md += ["![Accuracy and convergence per model type](fig_summary.png)", "",
            "`fig_summary.png`: mean train and test accuracy of the measured runs, and runs per status, per "
            "model type.", ""]
 
@@ -608,7 +875,44 @@ def write_study_report(table: pd.DataFrame, out_dir: str | os.PathLike, *, axes:
 
     md += ["## Files", "",
            "- `runs.parquet`, `runs.csv`: the whole table, one row per grid point",
-           "- `correlation.csv`: the correlation table (one row per measure)",
-           "- `fig_srr_vs_gap.png`, `fig_measures_grid.png`, `fig_summary.png`: the figures", ""]
+           "- `correlation.csv`: the correlation tables (one row per stratum and measure)",
+           "- " + ", ".join(f"`{f.name}`" for f in files if f.suffix == ".png") + ": the figures", ""]
     text = "\n".join(md)
-    return atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    path = atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return StudyReport(path, strata, files + [path])
+
+
+def _protocol_lines(measured: pd.DataFrame) -> list[str]:
+    """How the measures were taken: the SRR protocol and the evaluated network's training accuracy."""
+    if "gen.protocol" not in measured.columns or measured["gen.protocol"].dropna().empty:
+        return []
+    protocols = list(dict.fromkeys(measured["gen.protocol"].dropna()))
+    lines = [f"- SRR evaluation protocol: `{'`, `'.join(protocols)}` (docs/measures.md)"]
+    if "gen.measure_network" in measured.columns:
+        nets = list(dict.fromkeys(measured["gen.measure_network"].dropna()))
+        if nets:
+            lines.append(f"- the other data-dependent measures evaluate the {' / '.join(nets)} network")
+    if "gen.protocol_train_acc" in measured.columns:
+        acc = _percent(measured["gen.protocol_train_acc"]).dropna()
+        if len(acc):
+            lines.append(f"- training accuracy of the network SRR evaluates (its images): median {acc.median():.1f}%, "
+                         f"range {acc.min():.1f}–{acc.max():.1f}% over {len(acc)} runs (per run: "
+                         "`gen.protocol_train_acc` in `runs.csv`)")
+    return lines + [""]
+
+
+def _not_converged_lines(measured: pd.DataFrame, axis_cols: Sequence[str], by_cols: Sequence[str]) -> list[str]:
+    nc = measured[measured["status"] == "not-converged"]
+    if nc.empty:
+        return []
+    cols = list(dict.fromkeys([*by_cols, *axis_cols]))
+    lines = ["Not-converged runs (measured, not ranked):", ""]
+    for i in nc.index[:_MAX_LISTED]:
+        hp = ", ".join(f"{_strip(c, HP_PREFIX)}={_md_escape(_value(nc.at[i, c]))}" for c in cols)
+        ce = nc.at[i, "gen.train_ce"] if "gen.train_ce" in nc.columns else math.nan
+        ep = nc.at[i, "gen.epochs"] if "gen.epochs" in nc.columns else math.nan
+        ident = f"`{nc.at[i, 'id']}` " if "id" in nc.columns else ""
+        lines.append(f"- {ident}{hp}: train CE {_fmt(ce, 4)} after {_value(ep)} epochs")
+    if len(nc) > _MAX_LISTED:
+        lines.append(f"- … and {len(nc) - _MAX_LISTED} more (`runs.csv`)")
+    return lines + [""]

@@ -76,7 +76,10 @@ def _execute(spec_source: str, point: dict[str, Any], run_dir: str) -> dict[str,
             settings = MeasureSettings.from_dict(spec.measure_settings)
             model = load_run(folder, "final")
             init = load_run(folder, "init")
-            measures = compute_measures(model, init=init, data=splits.train, measures=spec.measures, settings=settings)
+            record: dict[str, Any] = {}
+            measures = compute_measures(model, init=init, data=splits.train, measures=spec.measures,
+                                        settings=settings, record=record)
+            summary = {**summary, **record}  # how it was measured travels with the run's summary
         return {"status": status, "error": None, "summary": summary, "measures": measures}
     except Exception as exc:  # noqa: BLE001 - recorded, never raised
         tb = traceback.format_exc(limit=6)

@@ -30,7 +30,9 @@ PRESETS = ("demo", "paper")
 #: Preset file names per kind of experiment.
 PRESET_FILES = {"study": "{name}.toml", "regularize": "regularize-{name}.toml"}
 
-_TOP = {"name", "dataset", "data_dir", "data_seed", "data_options", "fixed", "grid", "measures"}
+_TOP = {"name", "dataset", "data_dir", "data_seed", "data_options", "fixed", "grid", "measures", "report"}
+#: Keys of the ``[report]`` table: how the population is reported (they never change a run).
+REPORT_KEYS = {"by", "include_not_converged"}
 _TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} - {
     "model", "model_options", "dataset", "data_dir", "data_seed", "data_options"}
 _MODEL_KEYS = {f.name for f in dataclasses.fields(CRATEConfig)} - {"variant"}
@@ -71,6 +73,10 @@ class StudySpec:
     data_dir: str | None = None
     data_seed: int = 0
     data_options: dict[str, Any] = field(default_factory=dict)
+    # [report]: strata (one correlation table per value of these settings, e.g. ["dim"]: one table per
+    # width, as the paper's Table 1) and whether runs that missed the stopping target enter the tables
+    report_by: list[str] = field(default_factory=list)
+    include_not_converged: bool = False
     source: str = ""  # the TOML text, for the report
 
     # -- parsing ------------------------------------------------------------------------
@@ -140,9 +146,26 @@ class StudySpec:
             MeasureSettings.from_dict(settings)
         except ValueError as exc:
             raise SpecError(f"key 'measures.settings': {exc}") from None
+        report = d.get("report", {})
+        if not isinstance(report, dict):
+            raise SpecError("key 'report' must be a table, e.g. [report] by = [\"dim\"]")
+        bad = sorted(set(report) - REPORT_KEYS)
+        if bad:
+            raise SpecError(f"unknown key 'report.{bad[0]}'; valid: {', '.join(sorted(REPORT_KEYS))}")
+        by = report.get("by", [])
+        by = [by] if isinstance(by, str) else by
+        if not isinstance(by, list) or not all(isinstance(b, str) for b in by):
+            raise SpecError("key 'report.by' must be a list of setting names, e.g. by = [\"dim\"]")
+        for b in by:
+            if b not in grid and b not in fixed and b not in SETTING_KEYS:
+                raise SpecError(f"key 'report.by': {b!r} is not a grid axis or setting of this study "
+                                f"(grid axes: {', '.join(grid) or 'none'})")
+        include = report.get("include_not_converged", False)
+        if not isinstance(include, bool):
+            raise SpecError("key 'report.include_not_converged' must be true or false")
         spec = cls(name=d["name"], dataset=d.get("dataset", ""), fixed=fixed, grid=grid, measures=names,
                    measure_settings=settings, data_dir=d.get("data_dir"), data_seed=int(d.get("data_seed", 0)),
-                   data_options=dict(d.get("data_options", {})))
+                   data_options=dict(d.get("data_options", {})), report_by=list(by), include_not_converged=include)
         for point in spec.points():
             spec.train_config(point)  # every point must give a valid run
         return spec
@@ -150,7 +173,7 @@ class StudySpec:
     # -- the grid -----------------------------------------------------------------------
     @property
     def axes(self) -> list[str]:
-        """Grid axes that take at least two values (the axes of the correlation analysis)."""
+        """Grid axes that take at least two values (the axes of the correlation analysis, strata included)."""
         return [a for a, v in self.grid.items() if len(v) >= 2]
 
     @property
@@ -214,10 +237,12 @@ class StudySpec:
         return cfg
 
     def fingerprint(self) -> str:
-        """Hash of everything but the grid's values: equal fingerprints may differ only by added grid points."""
+        """Hash of everything but the grid's values and the ``[report]`` options (they change no run):
+        equal fingerprints may differ only by added grid points and how they are reported."""
         d = self.to_dict()
         d["grid"] = sorted(d["grid"])
-        d.pop("source", None)
+        for key in ("source", "report_by", "include_not_converged"):
+            d.pop(key, None)
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:

@@ -148,7 +148,8 @@ class StudyStore:
             rec.update({f"hp.{k}": v for k, v in settings.items()})
             rec["hp.variant"] = settings["model"].rpartition("-")[0]
             summary = json.loads(summary) if summary else None
-            for key in ("train_ce", "test_ce", "train_acc", "test_acc", "gap_ce", "gap_err", "epochs", "wall_time_s"):
+            for key in ("train_ce", "test_ce", "train_acc", "test_acc", "gap_ce", "gap_err", "epochs", "wall_time_s",
+                        "protocol", "measure_network", "protocol_train_acc", "protocol_images"):
                 rec[f"gen.{key}"] = (summary or {}).get(key)
             measures = (json.loads(measures) if measures else None) or {}
             for name in (spec.measures if spec is not None else measures):
