@@ -236,12 +236,13 @@ def _no_env_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_dataset_names() -> None:
-    assert DATASETS == ("digits", "cifar10", "cifar100", "synthetic")
+    assert DATASETS == ("digits", "cifar10", "cifar100", "synthetic", "fashion-mnist")
 
 
 def test_unknown_dataset_lists_valid_names() -> None:
     with pytest.raises(
-        ValueError, match="unknown dataset 'mnist'; valid names are: digits, cifar10, cifar100, synthetic"
+        ValueError,
+        match="unknown dataset 'mnist'; valid names are: digits, cifar10, cifar100, synthetic, fashion-mnist",
     ):
         load_dataset("mnist")
 
@@ -836,3 +837,323 @@ def test_augment_validation() -> None:
         augment(torch.zeros(1, 1, 8, 8), generator=_gen(0), crop_padding=-1)
     with pytest.raises(TypeError, match=re.escape("generator must be a torch.Generator")):
         augment(torch.zeros(1, 1, 8, 8), generator=0)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------
+# Fashion-MNIST: the IDX reader (on small files written here), the search order, the embedded
+# subset, the fmnist model size and a short training run.
+
+import contextlib  # noqa: E402
+import warnings  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+from srrlab.data import fashion  # noqa: E402
+from srrlab.data.fashion import (  # noqa: E402
+    FASHION_CLASSES,
+    EmbeddedSubsetWarning,
+    FashionSource,
+    embedded_dir,
+    read_fashion_raw,
+    read_idx_file,
+)
+
+FM_STEMS = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+def idx(array: np.ndarray, *, magic: int | None = None) -> bytes:
+    """An IDX file of ``array`` (unsigned bytes), written independently of srrlab's reader."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    if magic is None:
+        magic = 0x00000800 + array.ndim
+    return struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape) + array.tobytes()
+
+
+def gz(data: bytes) -> bytes:
+    import gzip
+
+    return gzip.compress(data, mtime=0)
+
+
+@dataclass
+class RawFashion:
+    train_x: np.ndarray  # uint8 (n, 28, 28)
+    train_y: np.ndarray  # uint8 (n,)
+    test_x: np.ndarray
+    test_y: np.ndarray
+
+
+def make_fashion(seed: int = 0, n_train: int = 20, n_test: int = 10) -> RawFashion:
+    rng = np.random.default_rng(seed)
+    return RawFashion(
+        train_x=rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        train_y=rng.permutation(np.arange(n_train) % 10).astype(np.uint8),
+        test_x=rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        test_y=rng.permutation(np.arange(n_test) % 10).astype(np.uint8),
+    )
+
+
+def write_fashion(folder: Path, raw: RawFashion, mode: str = "gz", **replace: bytes) -> Path:
+    """The four files in ``folder``: ``mode`` "gz" (gzip, .gz names), "raw" (raw, plain names) or
+    "swapped" (raw bytes under .gz names and gzip bytes under plain names). ``replace`` maps a role
+    (``train_labels``, ...) to the exact bytes to write instead (under the .gz name)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {"train_images": raw.train_x, "train_labels": raw.train_y,
+              "test_images": raw.test_x, "test_labels": raw.test_y}
+    for i, (role, array) in enumerate(arrays.items()):
+        stem = FM_STEMS[role]
+        if role in replace:
+            (folder / f"{stem}.gz").write_bytes(replace[role])
+        elif mode == "gz":
+            (folder / f"{stem}.gz").write_bytes(gz(idx(array)))
+        elif mode == "raw":
+            (folder / stem).write_bytes(idx(array))
+        else:  # swapped: the name says nothing about the compression
+            name, data = (f"{stem}.gz", idx(array)) if i % 2 == 0 else (stem, gz(idx(array)))
+            (folder / name).write_bytes(data)
+    return folder
+
+
+@contextlib.contextmanager
+def warnings_recorded() -> Iterator[list[warnings.WarningMessage]]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield caught
+
+
+@pytest.fixture
+def no_full_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No Debian folder (DEBIAN_DIR points at a missing folder) and a fresh once-per-process notice."""
+    missing = tmp_path / "no-debian"
+    monkeypatch.setattr(fashion, "DEBIAN_DIR", missing)
+    monkeypatch.setattr(fashion, "_embedded_notice_shown", False)
+    return missing
+
+
+@pytest.mark.parametrize("mode", ["gz", "raw", "swapped"])
+def test_fashion_reads_idx_values_order_split_and_standardisation(mode: str, tmp_path: Path, no_full_copy) -> None:
+    raw = make_fashion(seed=1)
+    folder = write_fashion(tmp_path / "fm", raw, mode)
+    splits = load_dataset("fashion-mnist", data_dir=folder)
+    train, test = splits.train, splits.test
+    assert train.classes == FASHION_CLASSES == (
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+    assert train.name == f"fashion-mnist/train ({folder})" and test.name == f"fashion-mnist/test ({folder})"
+    # Labels and images in file order, the official split (train files -> train, t10k -> test).
+    assert train.labels.tolist() == raw.train_y.tolist() and test.labels.tolist() == raw.test_y.tolist()
+    scaled = raw.train_x.astype(np.float64) / 255
+    mean, std = scaled.mean(), scaled.std()
+    assert train.mean == pytest.approx((mean,), rel=1e-12) and train.std == pytest.approx((std,), rel=1e-12)
+    assert test.mean == train.mean and test.std == train.std  # the test split uses the train statistics
+    np.testing.assert_allclose(train.images[:, 0].numpy(), (scaled - mean) / std, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(test.images[:, 0].numpy(), (raw.test_x / 255 - mean) / std, rtol=0, atol=1e-5)
+    # A known pixel, by hand: image 3, row 5, column 7.
+    assert float(train.images[3, 0, 5, 7]) == pytest.approx((raw.train_x[3, 5, 7] / 255 - mean) / std, abs=1e-5)
+    np.testing.assert_array_equal(np.rint(test.denormalize().numpy()[:, 0] * 255), raw.test_x)
+
+
+def test_fashion_subfolder_and_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_full_copy) -> None:
+    raw = make_fashion(seed=2)
+    folder = write_fashion(tmp_path / "data" / "fashion-mnist", raw)
+    monkeypatch.setenv("SRRLAB_DATA", str(tmp_path / "data"))
+    splits = load_dataset("fashion-mnist")
+    assert splits.train.name == f"fashion-mnist/train ({folder})"
+    assert splits.test.labels.tolist() == raw.test_y.tolist()
+
+
+def test_read_idx_file_labels_and_images(tmp_path: Path) -> None:
+    labels = np.array([9, 0, 3, 3], dtype=np.uint8)
+    (tmp_path / "l").write_bytes(gz(idx(labels)))
+    np.testing.assert_array_equal(read_idx_file(tmp_path / "l", "labels"), labels)
+    images = np.arange(2 * 28 * 28).reshape(2, 28, 28) % 251
+    (tmp_path / "i.gz").write_bytes(idx(images))
+    np.testing.assert_array_equal(read_idx_file(tmp_path / "i.gz", "images"), images)
+
+
+_IMAGES_HEADER = struct.pack(">IIII", 0x00000803, 20, 28, 28)
+
+
+def _malformed(raw: RawFashion) -> dict[str, tuple[str, bytes, str]]:
+    """case -> (role of the bad file, its bytes, a fragment of the expected message)."""
+    images = idx(raw.train_x)
+    labels = idx(raw.train_y)
+    return {
+        "bad magic": ("train_images", b"\x12\x34" + images[2:],
+                      "magic number 0x12340803 is not an IDX header; expected an IDX images file (magic 0x00000803"),
+        "wrong type code": ("train_labels", struct.pack(">I", 0x00000D01) + labels[4:],
+                            "IDX data type code 0x0D (float32, magic 0x00000D01); expected 0x08 (unsigned byte)"),
+        "wrong dimensions": ("test_labels", idx(raw.test_y.reshape(10, 1, 1)),
+                             "IDX header declares 3 dimension(s) (magic 0x00000803); expected an IDX labels file"),
+        "short file": ("train_labels", labels[:-1], "expected 20 labels after the header, found 19 bytes"),
+        "short images": ("train_images", images[:-5],
+                         "expected 20 images of 28×28 = 15680 bytes after the header, found 15675 bytes"),
+        "overlong file": ("train_labels", labels + b"\x00\x01", "found 22 bytes — 2 bytes too many"),
+        "truncated header": ("train_images", images[:10], "the file ends inside the 16-byte IDX header (10 bytes)"),
+        "count mismatch": ("train_labels", idx(raw.train_y[:19]), "19 labels but "),
+        "label >= 10": ("test_labels", idx(np.where(np.arange(10) == 4, 10, raw.test_y)),
+                        "label 10 of item 4 is outside [0, 9]"),
+        "wrong image size": ("test_images", idx(np.zeros((10, 32, 32), np.uint8)),
+                             "images are 32×32; expected 28×28"),
+        "no items": ("test_labels", idx(np.zeros((0,), np.uint8)), "the header declares 0 labels"),
+        "corrupt gzip": ("train_images", gz(images)[:-100], "gzip data is truncated or corrupt"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_malformed(make_fashion())))
+def test_fashion_malformed_file_gives_one_error_naming_it(case: str, tmp_path: Path) -> None:
+    raw = make_fashion()
+    role, data, fragment = _malformed(raw)[case]
+    folder = write_fashion(tmp_path, raw, **{role: data})
+    with pytest.raises(DatasetError) as err:
+        load_dataset("fashion-mnist", data_dir=folder)
+    message = str(err.value)
+    assert message.startswith(f"{folder / FM_STEMS[role]}.gz: "), message
+    assert fragment in message, message
+    if case == "count mismatch":
+        assert f"{folder / FM_STEMS['train_images']}.gz holds 20 images; expected one label per image" in message
+
+
+def test_fashion_missing_file(tmp_path: Path) -> None:
+    folder = write_fashion(tmp_path, make_fashion())
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DatasetError) as err:
+        load_dataset("fashion-mnist", data_dir=folder)
+    missing = folder / "t10k-labels-idx1-ubyte.gz"
+    assert str(err.value).startswith(f"{missing}: file not found (nor t10k-labels-idx1-ubyte without .gz)")
+
+
+def test_fashion_data_dir_without_files_is_an_error(tmp_path: Path, no_full_copy) -> None:
+    (tmp_path / "cifar").mkdir()
+    (tmp_path / "cifar" / "cifar-10-python.tar.gz").write_bytes(b"")
+    with pytest.raises(DatasetError) as err:
+        load_dataset("fashion-mnist", data_dir=tmp_path / "cifar")  # no silent fall-back to the subset
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'cifar'}: no Fashion-MNIST files found; expected")
+    for stem in FM_STEMS.values():
+        assert stem in message
+    with pytest.raises(DatasetError, match="data directory does not exist"):
+        load_dataset("fashion-mnist", data_dir=tmp_path / "nowhere")
+
+
+def test_fashion_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    debian = write_fashion(tmp_path / "debian", make_fashion(seed=3, n_train=10, n_test=10))
+    given = write_fashion(tmp_path / "given", make_fashion(seed=4, n_train=30, n_test=10))
+    monkeypatch.setattr(fashion, "DEBIAN_DIR", debian)
+    monkeypatch.setattr(fashion, "_embedded_notice_shown", False)
+    with warnings_recorded() as caught:
+        # The data directory beats the Debian folder ...
+        assert len(load_dataset("fashion-mnist", data_dir=given).train) == 30
+        monkeypatch.setenv("SRRLAB_DATA", str(given))
+        assert len(load_dataset("fashion-mnist").train) == 30
+        monkeypatch.delenv("SRRLAB_DATA")
+        # ... which is used when no data directory is given, for "auto" and "full".
+        for subset in ("auto", "full"):
+            splits = load_dataset("fashion-mnist", subset=subset)
+            assert len(splits.train) == 10 and splits.train.name == f"fashion-mnist/train ({debian})"
+    assert not [w for w in caught if issubclass(w.category, EmbeddedSubsetWarning)]
+
+
+def test_fashion_embedded_fallback_warns_once(no_full_copy) -> None:
+    with warnings_recorded() as caught:
+        first = load_dataset("fashion-mnist")
+        second = load_dataset("fashion-mnist", subset="auto")
+    notices = [w for w in caught if issubclass(w.category, EmbeddedSubsetWarning)]
+    assert len(notices) == 1, [str(w.message) for w in caught]
+    text = str(notices[0].message)
+    assert "embedded subset of 5,000 train / 1,000 test images" in text and "make data" in text
+    assert "--data-dir" in text and str(no_full_copy) in text
+    assert first.train.name == second.train.name == "fashion-mnist/train (embedded subset)"
+    assert first.test.name == "fashion-mnist/test (embedded subset)"
+
+
+def test_fashion_subset_option(tmp_path: Path, no_full_copy) -> None:
+    with pytest.raises(DatasetError) as err:
+        load_dataset("fashion-mnist", subset="full")
+    message = str(err.value)
+    assert "subset='full'" in message and "no full copy found" in message and str(no_full_copy) in message
+    assert "make data" in message
+    # "embedded" ignores a data directory (and the Debian folder) and warns nothing.
+    folder = write_fashion(tmp_path / "fm", make_fashion())
+    with warnings_recorded() as caught:
+        splits = load_dataset("fashion-mnist", data_dir=folder, subset="embedded")
+    assert len(splits.train) == 5000 and splits.train.name.endswith("(embedded subset)")
+    assert not [w for w in caught if issubclass(w.category, EmbeddedSubsetWarning)]
+    assert len(load_dataset("fashion-mnist", data_dir=folder, subset="full").train) == 20
+    with pytest.raises(ValueError, match="subset must be one of 'auto', 'embedded', 'full', got 'half'"):
+        load_dataset("fashion-mnist", subset="half")
+    with pytest.raises(TypeError, match=r"unknown option\(s\) label_mode; fashion-mnist accepts subset"):
+        load_dataset("fashion-mnist", label_mode="fine")
+
+
+def test_fashion_embedded_subset_is_balanced_and_packaged() -> None:
+    from importlib import resources
+
+    folder = resources.files("srrlab.data").joinpath("fashion_mnist")
+    names = {p.name for p in folder.iterdir()}
+    assert {f"{s}.gz" for s in FM_STEMS.values()} | {"LICENSE", "README.md"} <= names
+    assert "Copyright (c) 2017 Zalando SE" in folder.joinpath("LICENSE").read_text()
+    train_x, train_y, test_x, test_y = read_fashion_raw(FashionSource(embedded_dir(), True))
+    assert train_x.shape == (5000, 1, 28, 28) and test_x.shape == (1000, 1, 28, 28)
+    assert train_x.dtype == np.uint8 and train_x.max() > 200 and train_x.min() == 0
+    assert np.bincount(train_y, minlength=10).tolist() == [500] * 10
+    assert np.bincount(test_y, minlength=10).tolist() == [100] * 10
+    splits = load_dataset("fashion-mnist", subset="embedded")
+    assert splits.train.labels.tolist() == train_y.tolist()
+    assert float(splits.train.images.mean()) == pytest.approx(0.0, abs=1e-5)
+    assert float(splits.train.images.std(unbiased=False)) == pytest.approx(1.0, abs=1e-4)
+
+
+def _indices(name: str) -> np.ndarray:
+    return np.loadtxt(str(embedded_dir().joinpath(name)), comments="#", dtype=np.int64)
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="needs Debian's dataset-fashion-mnist (make data)")
+def test_fashion_embedded_subset_is_the_documented_selection_of_the_official_files() -> None:
+    official = FashionSource(Path("/usr/share/datasets/fashion-mnist"), False)
+    full_train_x, full_train_y, full_test_x, full_test_y = read_fashion_raw(official)
+    train_x, train_y, test_x, test_y = read_fashion_raw(FashionSource(embedded_dir(), True))
+    rng = np.random.default_rng(0)
+    for labels, per_class, name in ((full_train_y, 500, "train-indices.txt"), (full_test_y, 100, "t10k-indices.txt")):
+        chosen = np.sort(np.concatenate(
+            [rng.choice(np.flatnonzero(labels == k), size=per_class, replace=False) for k in range(10)]))
+        np.testing.assert_array_equal(_indices(name), chosen)
+    train_idx, test_idx = _indices("train-indices.txt"), _indices("t10k-indices.txt")
+    np.testing.assert_array_equal(train_x, full_train_x[train_idx])
+    np.testing.assert_array_equal(train_y, full_train_y[train_idx])
+    np.testing.assert_array_equal(test_x, full_test_x[test_idx])
+    np.testing.assert_array_equal(test_y, full_test_y[test_idx])
+    assert (len(full_train_y), len(full_test_y)) == (60000, 10000)
+
+
+def test_fmnist_model_size() -> None:
+    from srrlab.models import create_model, list_models, model_config
+
+    cfg = model_config("crate-t-fmnist")
+    assert (cfg.image_size, cfg.patch_size, cfg.channels, cfg.num_classes) == (28, 4, 1, 10)
+    assert (cfg.dim, cfg.depth, cfg.heads, cfg.num_tokens) == (64, 6, 4, 50)
+    rows = [r for r in list_models() if r["size"] == "fmnist"]
+    assert rows and all(r["tokens"] == 50 and r["image_size"] == 28 for r in rows)
+    model = create_model("crate-t-fmnist")
+    assert next(r for r in rows if r["name"] == "crate-t-fmnist")["parameters"] == sum(
+        p.numel() for p in model.parameters() if p.requires_grad)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_fashion_short_training_run_on_the_embedded_subset(tmp_path: Path) -> None:
+    """crate-t-fmnist with depth 2, 3 epochs at lr 3e-3 on the embedded subset: measured test accuracy
+    0.764 (1 torch thread; 0.764 with 2), about 13 s on one core. The bar leaves a margin of 6 points."""
+    from srrlab.train import TrainConfig, train
+
+    torch.set_num_threads(1)  # restored by conftest; one thread is also the fastest on 2 shared cores
+    cfg = TrainConfig(model="crate-t-fmnist", dataset="fashion-mnist", data_options={"subset": "embedded"},
+                      model_options={"depth": 2}, epochs=3, lr=3e-3, target_ce=None)
+    result = train(cfg, tmp_path / "r", quiet=True)
+    assert result.status == "completed" and result.epochs == 3
+    assert result.metrics[0]["test_acc"] < 0.2  # chance at initialisation
+    assert result.final["test_acc"] >= 0.70, result.final
+    assert result.model.config.num_tokens == 50 and result.model.config.depth == 2

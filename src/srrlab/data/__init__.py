@@ -29,6 +29,7 @@ from .randaugment import rand_augment, random_resized_crop
 from .base import DatasetError, ImageDataset, Splits
 from .cifar import load_cifar
 from .digits import load_digits_splits
+from .fashion import load_fashion_mnist
 from .synthetic import SYNTHETIC_DEFAULTS, synthetic_images, synthetic_tokens
 
 __all__ = [
@@ -49,7 +50,7 @@ __all__ = [
 ]
 
 #: Dataset names accepted by :func:`load_dataset`.
-DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "synthetic")
+DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "synthetic", "fashion-mnist")
 
 #: Environment variable read when ``data_dir`` is not given.
 DATA_ENV_VAR = "SRRLAB_DATA"
@@ -59,6 +60,7 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
     "cifar10": (),
     "cifar100": ("label_mode",),
     "synthetic": tuple(SYNTHETIC_DEFAULTS),
+    "fashion-mnist": ("subset",),
 }
 
 _CIFAR_FILES = {
@@ -101,16 +103,21 @@ def load_dataset(
     Args:
         name: one of :data:`DATASETS`.
         data_dir: folder with the CIFAR files (or the archive / extracted
-            folder itself); defaults to ``$SRRLAB_DATA``.  Ignored by
-            ``digits`` (bundled with scikit-learn) and ``synthetic``.
+            folder itself), or with the Fashion-MNIST files; defaults to
+            ``$SRRLAB_DATA``.  Ignored by ``digits`` (bundled with
+            scikit-learn) and ``synthetic``.  Optional for ``fashion-mnist``:
+            without one it reads Debian's copy or the embedded subset.
         seed: for ``digits``, the ``random_state`` of the stratified 80/20
-            split; for ``synthetic``, the generation seed.  Ignored for CIFAR,
-            whose train / test split is the official one.
+            split; for ``synthetic``, the generation seed.  Ignored for CIFAR
+            and Fashion-MNIST, whose train / test split is the official one.
         **options: dataset-specific options:
 
             * ``cifar100``: ``label_mode="fine"`` (100 classes, default) or ``"coarse"`` (20).
             * ``synthetic``: ``num_train=1000, num_test=200, num_classes=10,
               image_size=8, channels=1, subspace_dim=4, noise=0.1``.
+            * ``fashion-mnist``: ``subset="auto"`` (default: the data directory,
+              else Debian's copy, else the embedded 5,000/1,000 subset),
+              ``"embedded"`` (always the subset) or ``"full"`` (never the subset).
 
     Returns:
         :class:`Splits` whose test split is normalised with the train split's statistics.
@@ -118,7 +125,8 @@ def load_dataset(
     Raises:
         ValueError: unknown ``name`` (the message lists :data:`DATASETS`).
         TypeError: an option the dataset does not accept (the message names it).
-        DatasetError: CIFAR files missing or malformed, or no data directory.
+        DatasetError: CIFAR or Fashion-MNIST files missing or malformed, or no
+            data directory (CIFAR; Fashion-MNIST with ``subset="full"``).
     """
     if not isinstance(name, str):
         raise TypeError(f"load_dataset: name must be a str, got {type(name).__name__}")
@@ -139,6 +147,9 @@ def load_dataset(
     if name == "synthetic":
         splits, _ = synthetic_images(seed=seed, **options)
         return splits
+    if name == "fashion-mnist":
+        given = data_dir is not None or bool(os.environ.get(DATA_ENV_VAR, ""))
+        return load_fashion_mnist(resolve_data_dir(data_dir, name) if given else None, **options)
     return load_cifar(name, resolve_data_dir(data_dir, name), **options)
 
 

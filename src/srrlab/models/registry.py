@@ -19,6 +19,9 @@ SIZES: dict[str, dict[str, Any]] = {
     # CPU sizes
     "digits": dict(image_size=8, patch_size=2, channels=1, num_classes=10, dim=64, depth=4, heads=4),
     "micro": dict(dim=128, depth=6, heads=4),
+    # 28×28 grey-scale Fashion-MNIST: a CPU size like `digits` (dim 64, 4 heads), patch 4 gives
+    # 7×7 = 49 patches + CLS = 50 tokens; depth 6 since the images carry more structure than 8×8 digits.
+    "fmnist": dict(image_size=28, patch_size=4, channels=1, num_classes=10, dim=64, depth=6, heads=4),
 }
 
 _FIELDS = {f.name for f in dataclasses.fields(CRATEConfig)}
