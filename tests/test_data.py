@@ -1157,3 +1157,30 @@ def test_fashion_short_training_run_on_the_embedded_subset(tmp_path: Path) -> No
     assert result.metrics[0]["test_acc"] < 0.2  # chance at initialisation
     assert result.final["test_acc"] >= 0.70, result.final
     assert result.model.config.num_tokens == 50 and result.model.config.depth == 2
+
+
+def test_fashion_train_per_class_keeps_the_first_k_of_each_class() -> None:
+    from srrlab.data.fashion import FashionSource, embedded_dir, first_per_class, read_fashion_raw
+
+    full = load_dataset("fashion-mnist", subset="embedded")
+    part = load_dataset("fashion-mnist", subset="embedded", train_per_class=20)
+    _, train_y, _, _ = read_fashion_raw(FashionSource(embedded_dir(), True))
+    # the naive selection: walk the file, keep an image while its class has fewer than 20
+    seen: dict[int, int] = {}
+    expected = []
+    for i, y in enumerate(train_y.tolist()):
+        if seen.get(y, 0) < 20:
+            expected.append(i)
+            seen[y] = seen.get(y, 0) + 1
+    np.testing.assert_array_equal(first_per_class(train_y, 20), expected)
+    assert len(part.train) == 200 and torch.bincount(part.train.labels).tolist() == [20] * 10
+    assert part.train.labels.tolist() == train_y[expected].tolist()
+    assert part.train.name == "fashion-mnist/train (embedded subset, first 20 per class)"
+    assert torch.equal(part.test.labels, full.test.labels) and len(part.test) == 1000
+    # statistics of the kept images: the kept training split is standardised to mean 0, std 1
+    assert float(part.train.images.mean()) == pytest.approx(0.0, abs=1e-5)
+    assert float(part.train.images.std(unbiased=False)) == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(ValueError, match="train_per_class=501.*at most 500"):
+        load_dataset("fashion-mnist", subset="embedded", train_per_class=501)
+    with pytest.raises(ValueError, match="train_per_class must be a positive integer"):
+        load_dataset("fashion-mnist", subset="embedded", train_per_class=0)

@@ -60,7 +60,7 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
     "cifar10": (),
     "cifar100": ("label_mode",),
     "synthetic": tuple(SYNTHETIC_DEFAULTS),
-    "fashion-mnist": ("subset",),
+    "fashion-mnist": ("subset", "train_per_class"),
 }
 
 _CIFAR_FILES = {
@@ -117,7 +117,9 @@ def load_dataset(
               image_size=8, channels=1, subspace_dim=4, noise=0.1``.
             * ``fashion-mnist``: ``subset="auto"`` (default: the data directory,
               else Debian's copy, else the embedded 5,000/1,000 subset),
-              ``"embedded"`` (always the subset) or ``"full"`` (never the subset).
+              ``"embedded"`` (always the subset) or ``"full"`` (never the subset);
+              ``train_per_class=None`` (all) or k: only the first k training
+              images of each class (file order), a smaller balanced training set.
 
     Returns:
         :class:`Splits` whose test split is normalised with the train split's statistics.

@@ -53,6 +53,7 @@ __all__ = [
     "FASHION_SUBSETS",
     "FashionSource",
     "embedded_dir",
+    "first_per_class",
     "load_fashion_mnist",
     "locate_fashion_mnist",
     "parse_idx",
@@ -357,7 +358,26 @@ def read_fashion_raw(source: FashionSource) -> tuple[np.ndarray, np.ndarray, np.
     return out[0], out[1], out[2], out[3]
 
 
-def load_fashion_mnist(data_dir: str | os.PathLike[str] | None = None, *, subset: str = "auto") -> Splits:
+def first_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
+    """Indices of the first ``per_class`` images of every class, in file order (sorted).
+
+    Raises:
+        ValueError: ``per_class`` is not a positive integer, or a class has fewer images.
+    """
+    if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
+        raise ValueError(f"train_per_class must be a positive integer or None (all), got {per_class!r}")
+    chosen = []
+    for k in range(len(FASHION_CLASSES)):
+        idx = np.flatnonzero(labels == k)
+        if len(idx) < per_class:
+            raise ValueError(f"train_per_class={per_class}: class {k} ({FASHION_CLASSES[k]}) has only {len(idx)} "
+                             f"training images here; use at most {len(idx)} or the full set (make data)")
+        chosen.append(idx[:per_class])
+    return np.sort(np.concatenate(chosen))
+
+
+def load_fashion_mnist(data_dir: str | os.PathLike[str] | None = None, *, subset: str = "auto",
+                       train_per_class: int | None = None) -> Splits:
     """Load Fashion-MNIST (official train / test split) and standardise it.
 
     Pixels are scaled to ``[0, 1]`` (``/ 255``) and standardised with the train split's mean and
@@ -366,6 +386,9 @@ def load_fashion_mnist(data_dir: str | os.PathLike[str] | None = None, *, subset
     Args:
         data_dir: see :func:`locate_fashion_mnist`.
         subset: ``"auto"`` (default), ``"embedded"`` or ``"full"``.
+        train_per_class: keep only the first ``k`` training images of each class (file order) —
+            a smaller, balanced training set for studies that train many models to a low loss;
+            the statistics are those of the kept images; the test split is unchanged. ``None``: all.
 
     Returns:
         :class:`Splits` with images ``(n, 1, 28, 28)`` and :data:`FASHION_CLASSES`; the splits are
@@ -373,6 +396,9 @@ def load_fashion_mnist(data_dir: str | os.PathLike[str] | None = None, *, subset
     """
     source = locate_fashion_mnist(data_dir, subset)
     train_x, train_y, test_x, test_y = read_fashion_raw(source)
+    if train_per_class is not None:
+        keep = first_per_class(train_y, train_per_class)
+        train_x, train_y = train_x[keep], train_y[keep]
     mean, std = integer_channel_stats(train_x, FASHION_MAX_VALUE)
 
     def make(x: np.ndarray, y: np.ndarray, split: str) -> ImageDataset:
@@ -380,7 +406,8 @@ def load_fashion_mnist(data_dir: str | os.PathLike[str] | None = None, *, subset
             images=standardize(x, FASHION_MAX_VALUE, mean, std),
             labels=torch.from_numpy(y),
             classes=FASHION_CLASSES,
-            name=f"fashion-mnist/{split} ({source.label})",
+            name=f"fashion-mnist/{split} ({source.label}"
+                 + (f", first {train_per_class} per class)" if split == "train" and train_per_class else ")"),
             mean=mean,
             std=std,
         )
