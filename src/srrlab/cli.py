@@ -312,9 +312,11 @@ def cmd_toy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_options(q: argparse.ArgumentParser, what: str) -> None:
+def _run_options(q: argparse.ArgumentParser, what: str, kind: str) -> None:
     """The options of a study-like run (``study run``, ``regularize run``): spec, folder, execution."""
-    q.add_argument("spec", metavar="SPEC", help="a preset (demo, paper) or a TOML file")
+    from .study.spec import preset_names
+
+    q.add_argument("spec", metavar="SPEC", help=f"a preset ({', '.join(preset_names(kind))}) or a TOML file")
     q.add_argument("--dir", required=True, help=f"{what} folder (database, run folders, report)")
     q.add_argument("--workers", type=int, default=0, help="local Dask worker processes (default 0: sequential)")
     q.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://127.0.0.1:8786")
@@ -422,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="generalisation studies: run a grid of models, then report")
     ssub = p.add_subparsers(dest="study_command", required=True, metavar="STUDY_COMMAND")
     q = ssub.add_parser("run", help="train and measure every grid point of SPEC (resumable)")
-    _run_options(q, "study")
+    _run_options(q, "study", "study")
     q.set_defaults(func=cmd_study_run)
     q = ssub.add_parser("report", help="write report.md, figures, runs.parquet/csv and correlation.csv into DIR",
                         description="Report the study in DIR: one correlation table per stratum (--by, default the "
@@ -444,10 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
                                           "(Tables 2/6)")
     ssub = p.add_subparsers(dest="regularize_command", required=True, metavar="REGULARIZE_COMMAND")
     q = ssub.add_parser("run", help="train every run of SPEC (resumable), then write the report",
-                        description="Train every run of SPEC (a preset: demo, paper; or a TOML file whose grid holds "
+                        description="Train every run of SPEC (a preset: demo, fmnist, paper; or a TOML file whose grid holds "
                                     "CE runs, srr_reg = 0, and regularised runs, srr_reg > 0), then write "
                                     "regularize.md, regularize.png and CSVs into --dir. Rerunning continues.")
-    _run_options(q, "experiment")
+    _run_options(q, "experiment", "regularize")
     q.set_defaults(func=cmd_regularize_run)
     q = ssub.add_parser("report", help="write the report of the experiment in DIR (finished or not)")
     q.add_argument("dir", metavar="DIR")

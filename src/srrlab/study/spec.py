@@ -23,12 +23,31 @@ from ..measures import MEASURES, MeasureSettings
 from ..models import SIZES, VARIANTS, CRATEConfig
 from ..train import TrainConfig
 
-__all__ = ["StudySpec", "SpecError", "PRESETS", "load_spec", "point_id", "group_label"]
+__all__ = ["StudySpec", "SpecError", "PRESETS", "load_spec", "point_id", "group_label", "preset_names"]
 
-#: Presets shipped in the package (``srrlab/study/presets/<name>.toml``).
-PRESETS = ("demo", "paper")
 #: Preset file names per kind of experiment.
 PRESET_FILES = {"study": "{name}.toml", "regularize": "regularize-{name}.toml"}
+
+
+def preset_names(kind: str = "study") -> tuple[str, ...]:
+    """The presets shipped in the package for ``kind`` (``srrlab/study/presets/``), sorted."""
+    if kind not in PRESET_FILES:
+        raise ValueError(f"kind must be one of {', '.join(PRESET_FILES)}, got {kind!r}")
+    prefix, suffix = PRESET_FILES[kind].split("{name}")
+    names = []
+    for entry in resources.files("srrlab.study").joinpath("presets").iterdir():
+        stem = entry.name
+        if stem.startswith(prefix) and stem.endswith(suffix):
+            name = stem[len(prefix):len(stem) - len(suffix)]
+            if kind == "study" and any(name.startswith(p.split("{name}")[0]) for k, p in PRESET_FILES.items()
+                                       if k != "study"):
+                continue  # regularize-*.toml is not a study preset
+            names.append(name)
+    return tuple(sorted(names))
+
+
+#: Study presets shipped in the package (``srrlab/study/presets/<name>.toml``).
+PRESETS = preset_names("study")
 
 _TOP = {"name", "dataset", "data_dir", "data_seed", "data_options", "fixed", "grid", "measures", "report"}
 #: Keys of the ``[report]`` table: how the population is reported (they never change a run).
@@ -284,17 +303,19 @@ def _check_grouped_axis(axis: str, values: list[dict[str, Any]], fixed: dict[str
 
 
 def load_spec(spec: str | os.PathLike, *, kind: str = "study") -> StudySpec:
-    """A preset name or the path of a TOML file. ``kind="study"``: the presets ``demo``, ``paper``
-    (``presets/<name>.toml``); ``kind="regularize"``: the regularisation experiment's presets
-    ``demo``, ``paper`` (``presets/regularize-<name>.toml``)."""
+    """A preset name or the path of a TOML file. ``kind="study"``: the presets of
+    :func:`preset_names` (``presets/<name>.toml``: ``demo``, ``paper``); ``kind="regularize"``: the
+    regularisation experiment's presets (``presets/regularize-<name>.toml``: ``demo``, ``fmnist``,
+    ``paper``)."""
     if kind not in PRESET_FILES:
         raise ValueError(f"kind must be one of {', '.join(PRESET_FILES)}, got {kind!r}")
     text_name = os.fspath(spec)
-    if text_name in PRESETS:
+    names = preset_names(kind)
+    if text_name in names:
         file = PRESET_FILES[kind].format(name=text_name)
         text = resources.files("srrlab.study").joinpath("presets", file).read_text(encoding="utf-8")
         return StudySpec.from_toml(text, f"preset {text_name}")
     path = Path(text_name)
     if not path.is_file():
-        raise SpecError(f"{kind} spec {text_name!r} is neither a preset ({', '.join(PRESETS)}) nor a TOML file")
+        raise SpecError(f"{kind} spec {text_name!r} is neither a preset ({', '.join(names)}) nor a TOML file")
     return StudySpec.from_toml(path.read_text(encoding="utf-8"), str(path))
