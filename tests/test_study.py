@@ -79,6 +79,17 @@ def test_presets():
     point = next(p for p in paper.points() if p["dropout"] == 0.1)
     mc = model_config(paper.train_config(point).model, **paper.train_config(point).model_options)
     assert (mc.dropout, mc.attention_dropout, mc.embedding_dropout) == (0.1, 0.1, 0.1)
+    # the replication on Fashion-MNIST (Table 1's design, the paper's target CE, one width, depth >= 6)
+    rep = load_spec("replicate")
+    assert rep.dataset == "fashion-mnist" and len(rep.points()) == 32 and rep.report_by == ["dim"]
+    assert rep.data_options == {"subset": "embedded", "train_per_class": 100}
+    assert set(rep.axes) == {"variant", "batch_size", "lr", "dropout"}
+    cfg = rep.train_config(rep.points()[0])
+    assert cfg.model == "crate-c-fmnist" and cfg.model_options["depth"] >= 6 and cfg.target_ce == 0.01
+    assert cfg.optimizer == "adam" and cfg.schedule == "constant" and cfg.augment == "none"
+    # the demo's design on Fashion-MNIST, the measured alternative to the digits demo
+    alt = load_spec("demo-fmnist")
+    assert alt.dataset == "fashion-mnist" and alt.grid == demo.grid and alt.fixed["target_ce"] == demo.fixed["target_ce"]
     # [report] options change no run: the fingerprint ignores them
     assert StudySpec.from_toml(TINY + "\n[report]\nby = [\"lr\"]\n").fingerprint() == StudySpec.from_toml(TINY).fingerprint()
 
@@ -212,6 +223,24 @@ def _close_enough(a: pd.DataFrame, b: pd.DataFrame) -> None:
 def test_dask_local_cluster_two_workers(reference, tiny_spec, tmp_path):
     table = run_study(tiny_spec, tmp_path / "s", workers=2, progress=False)
     _close_enough(table, reference)
+
+
+def _worker_environ() -> dict:
+    import os
+
+    return {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")}
+
+
+def test_local_cluster_workers_keep_glibc_malloc_defaults():
+    """Dask's MALLOC_TRIM_THRESHOLD_ would pin glibc's mmap threshold (half the CPU in page faults);
+    the workers must not inherit it, and Dask's one-thread limits must stay."""
+    from dask.distributed import Client
+
+    from srrlab.study.runner import _local_cluster
+
+    with _local_cluster(1) as cluster, Client(cluster) as client:
+        (env,) = client.run(_worker_environ).values()
+    assert env == {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}
 
 
 def _free_port() -> int:
