@@ -101,7 +101,7 @@ def test_a_spec_without_both_arms_is_refused():
 def test_presets():
     from srrlab.study.spec import preset_names
 
-    assert preset_names("study") == ("demo", "paper")
+    assert preset_names("study") == ("demo", "demo-fmnist", "paper", "replicate")
     assert preset_names("regularize") == ("demo", "fmnist", "paper")
     fmnist = load_regularize_spec("fmnist")
     assert fmnist.datasets == ["fashion-mnist"] and len(fmnist.points()) == 36

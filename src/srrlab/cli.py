@@ -255,7 +255,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     spec = load_spec("demo")
     out = args.out or os.path.join("runs", "demo-study")
     workers = args.workers if args.workers is not None else (2 if (os.cpu_count() or 1) >= 2 else 0)
-    print(f"srrlab demo: the generalisation study '{spec.name}' on the embedded digits dataset: "
+    print(f"srrlab demo: the generalisation study '{spec.name}' on the embedded {spec.dataset} dataset: "
           f"{len(spec.points())} models ({' x '.join(f'{len(v)} {a}' for a, v in spec.grid.items())}), "
           f"{len(spec.measures)} measures, {workers or 1} worker(s); resumable in {out}")
     t0 = time.perf_counter()
