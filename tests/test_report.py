@@ -178,6 +178,8 @@ def test_srr_sentence_when_srr_leads_beyond_its_uncertainty(report):
     assert verdict.comparison.ci_low > 0
     assert "SRR leads by more than its uncertainty: the paper's claim holds here" in verdict.sentence
     assert verdict.sentence.startswith("all models, n = 13 converged models: SRR τ = ")
+    p = corr.loc["srr", "tau_p"]  # "p < 0.001" or "p = 0.012" in a sentence, never "p = < 0.001"
+    assert ("p < 0.001" if p < 0.001 else f"p = {p:.3f}") in verdict.sentence and "p = <" not in verdict.sentence
     assert f"**{verdict.sentence}**" in text  # at the top of the report
     assert verdict.sentence in rep.headline()
 

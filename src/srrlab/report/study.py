@@ -271,7 +271,7 @@ def srr_verdict(correlation: pd.DataFrame, table: pd.DataFrame | None = None, ga
         if "tau_lo" in r and np.isfinite(r.get("tau_lo", math.nan)):
             extra.append(f"95% interval {_interval(r)}")
         if "tau_p" in r and np.isfinite(r.get("tau_p", math.nan)):
-            extra.append(f"p = {_p(r['tau_p'])}")
+            extra.append(_p_clause(r["tau_p"]))
         return f"{name} τ = {_fmt(value)}" + (f" ({', '.join(extra)})" if extra else "")
 
     leads = srr_tau >= rival_tau
@@ -307,6 +307,12 @@ def _p(value: float) -> str:
     if value is None or not np.isfinite(value):
         return "–"
     return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _p_clause(value: float) -> str:
+    """``p = 0.042`` or ``p < 0.001``: a p-value inside a sentence."""
+    text = _p(value)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
 def headline(correlation: pd.DataFrame) -> str:
@@ -450,7 +456,7 @@ def _fig_srr(path: Path, strata: Sequence["Stratum"], gap: str, srr_col: str | N
         corr = st.correlation
         row = corr.loc[SRR] if corr is not None and SRR in corr.index else None
         stat = "τ undefined" if row is None else f"τ = {_fmt(row['tau'])}" + (
-            f" {_interval(row)}, p = {_p(row['tau_p'])}" if "tau_lo" in row else "")
+            f" {_interval(row)}, {_p_clause(row['tau_p'])}" if "tau_lo" in row else "")
         ax.set_title(f"{st.title}\n{stat}", fontsize=10)
         ax.grid(alpha=0.3)
     used = {k: v for k, v in palette.items() if any(k in set(d[colour_col]) for _, d in panels)} if colour_col else {}
