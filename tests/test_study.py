@@ -238,7 +238,11 @@ def test_local_cluster_workers_keep_glibc_malloc_defaults():
 
     from srrlab.study.runner import _local_cluster
 
+    import os
+
+    before = dict(os.environ)
     with _local_cluster(1) as cluster, Client(cluster) as client:
+        assert dict(os.environ) == before  # this process (and later subprocesses) keep their thread defaults
         (env,) = client.run(_worker_environ).values()
     assert env == {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}
 

@@ -100,9 +100,16 @@ def _local_cluster(workers: int):
 
     environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
                if k != "MALLOC_TRIM_THRESHOLD_"}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                            silence_logs=logging.ERROR)
+    # LocalCluster also writes those variables into *this* process's environment; restore it once the
+    # workers are spawned, so that later subprocesses (and this process) keep their thread defaults.
+    saved = dict(os.environ)
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                                silence_logs=logging.ERROR)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _dask(tasks, spec_source: str, workers: int | None, scheduler: str | None, threads: int | None,
@@ -110,9 +117,6 @@ def _dask(tasks, spec_source: str, workers: int | None, scheduler: str | None, t
     from dask.distributed import Client, as_completed
 
     cluster = None
-    # LocalCluster writes OMP/MKL/OPENBLAS_NUM_THREADS=1 into this process's environment for its
-    # workers ("pre-spawn-environ"); restore it afterwards so later subprocesses get the defaults.
-    saved_env = dict(os.environ)
     if scheduler:
         client = Client(scheduler, timeout="30s")
         per_worker = threads
@@ -139,8 +143,6 @@ def _dask(tasks, spec_source: str, workers: int | None, scheduler: str | None, t
         client.close()
         if cluster is not None:
             cluster.close()
-        os.environ.clear()
-        os.environ.update(saved_env)
 
 
 def run_study(spec: StudySpec | str | os.PathLike, directory: str | os.PathLike, *, workers: int = 0,
