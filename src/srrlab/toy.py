@@ -1,4 +1,4 @@
-"""The toy study of spec §4: does the compression update actually compress?
+"""The toy study of docs/theory.md §4: does the compression update actually compress?
 
 ``depth`` layers of the compression update *alone* (no ISTA, no LayerNorm) act on a Gaussian
 token set ``Z⁰``. Every layer ℓ has its own basis ``U^ℓ``: a random orthonormal ``d×d`` matrix
@@ -6,7 +6,7 @@ split into ``K`` blocks of ``p = d/K`` columns (``U_k`` = columns ``k·p … (k+
 layer we record ``R^c(Z^{ℓ-1}; U^ℓ)`` and ``R^c(Z^ℓ; U^ℓ)``: the compression term before and
 after the update, measured in the *same* basis, so their difference is what the update did.
 
-Notation (column form, as the spec): ``Z ∈ R^{d×N}``, ``A_k = U_kᵀZ ∈ R^{p×N}``,
+Notation (column form, as docs/theory.md §1): ``Z ∈ R^{d×N}``, ``A_k = U_kᵀZ ∈ R^{p×N}``,
 ``R^c(Z; U) = Σ_k ½ logdet(I_N + γ A_kᵀA_k)``, ``γ = p/(N ε²)``. With ``X_k = γ A_kᵀA_k`` the
 Taylor series ``½ logdet(I + X) = ½ tr X − ¼ tr X² + …`` gives the rules below; every rule is
 ``Z ↦ Z + Δ(Z)`` with the update ``Δ`` of :func:`update`.
@@ -40,8 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .models.crate import compression_rate_gradient
-from .rate import compression_rate
+from .rate import compression_rate, compression_rate_gradient, rate_gamma
 
 __all__ = [
     "RULES",
@@ -70,7 +69,7 @@ RULE_FORMULAS = {
     "negative": "Z − αγ² Σ_k U_kA_k softmax(τA_kᵀA_k)   (crate-n)",
 }
 
-#: The direction spec §4 expects each rule to move R^c in.
+#: The direction docs/theory.md §4 expects each rule to move R^c in.
 EXPECTED = {
     "exact": "decrease",
     "taylor": "increase",
@@ -223,7 +222,7 @@ def run(rule: str, seed: int = 0, *, num_tokens: int = 196, dim: int = 384, head
     eps = default_eps(num_tokens, p) if eps is None else float(eps)
     if not eps > 0:
         raise ValueError(f"eps must be positive (or None for γ = 1), got {eps!r}")
-    gamma = p / (num_tokens * eps**2)
+    gamma = rate_gamma(p, num_tokens, eps)
     tau = p**-0.5 if temperature is None else float(temperature)
 
     z, bases = draw(seed, num_tokens=num_tokens, dim=dim, heads=heads, depth=depth, scale=scale, dtype=dtype)

@@ -1,16 +1,16 @@
 """The CRATE model family: one implementation, a table of variants.
 
-A CRATE layer ℓ maps ``Z^{ℓ-1}`` to ``Z^ℓ`` in two unrolled optimisation steps (spec §3):
+A CRATE layer ℓ maps ``Z^{ℓ-1}`` to ``Z^ℓ`` in two unrolled optimisation steps (docs/theory.md §3):
 
 * compression [HZX-2]:  ``Y = Z + s·α·γ²·O(SSA_1(Z), …, SSA_K(Z))`` (pre-norm: ``SSA`` sees ``LN₁(Z)``),
 * sparsification, one ISTA step [HZX-3]:  ``Z^ℓ = ReLU(Y + β Dᵀ(Y − D Y) − β λ)`` (pre-norm: of ``LN₂(Y)``).
 
 The variants differ only in the sign ``s`` and the output operator ``O`` of the compression
-step (spec §3 table); :data:`VARIANTS` holds that table and :class:`CompressionStep` is the one
+step (the table of docs/theory.md §3); :data:`VARIANTS` holds that table and :class:`CompressionStep` is the one
 module that implements all of them. ``crate-g`` replaces the softmax attention by one exact
 gradient-descent step on ``R^c`` in push-through form.
 
-Shapes in code are row-major: a batch of token sets is ``(B, N, d)`` where the spec writes
+Shapes in code are row-major: a batch of token sets is ``(B, N, d)`` where docs/theory.md §1 writes
 ``Z ∈ R^{d×N}``. The tied projection ``qkv = Linear(d, K·p, bias=False)`` has weight ``Uᵀ``
 (shape ``(K·p, d)``), so head ``k`` uses rows ``k·p … (k+1)·p−1``.
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy as _copy
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -37,16 +37,15 @@ __all__ = [
     "LayerwiseOutput",
     "LAYERNORM_PROTOCOLS",
     "layernorm_protocol",
-    "compression_rate_gradient",
 ]
 
 
 # --------------------------------------------------------------------------------------
-# The table of variants (spec §3)
+# The table of variants (docs/theory.md §3)
 # --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Variant:
-    """One row of the spec §3 table: how the compression step's output is formed.
+    """One row of the variant table of docs/theory.md §3: how the compression step's output is formed.
 
     ``output`` names the output operator ``O``:
     ``"learned"`` (a ``Linear(Kp, d)`` with bias, independent of ``U``), ``"U"``, ``"Ut"``,
@@ -73,11 +72,11 @@ VARIANTS: dict[str, Variant] = {
                 "negative CRATE: the sign of crate-c flipped, a descent step"),
         Variant("crate-t", +1.0, "Ut", True, "[HZX-10]",
                 "transpose CRATE: output operator Uᵀ (needs d = K·p)"),
-        Variant("crate-fix", +1.0, "fixed", False, "spec §3",
+        Variant("crate-fix", +1.0, "fixed", False, "docs/theory.md §3",
                 "fixed random output operator, never trained"),
-        Variant("crate-identity", +1.0, "identity", True, "spec §3",
+        Variant("crate-identity", +1.0, "identity", True, "docs/theory.md §3",
                 "identity output operator (needs d = K·p)"),
-        Variant("crate-g", -1.0, "gradient", False, "spec §3 (exact gradient, push-through form)",
+        Variant("crate-g", -1.0, "gradient", False, "docs/theory.md §3 (exact gradient, push-through form)",
                 "one exact gradient-descent step on R^c: Z − α∇R^c(Z)"),
     )
 }
@@ -93,7 +92,7 @@ class CRATEConfig:
     ``dim_head``, ``dropout``, ``emb_dropout``, ``pool``, ``ista``) where it has one.
 
     ``dim_head`` (p) defaults to ``dim // heads``. ``ista`` is the ISTA step size β and ``lambd``
-    the sparsity weight λ (spec §3, [HZX-3]). ``temperature`` is the softmax scale τ applied to
+    the sparsity weight λ (docs/theory.md §3, [HZX-3]). ``temperature`` is the softmax scale τ applied to
     ``(U_kᵀZ)ᵀ(U_kᵀZ)``; default ``p^{-1/2}`` as in the official code. ``alpha`` scales the
     compression update of every variant (α in [HZX-2]; 1 in trained models). ``eps`` is the
     quantisation ε in ``γ = p/(N ε²)``: the softmax variants scale their update by ``αγ²``
@@ -210,25 +209,6 @@ class CRATEConfig:
 # --------------------------------------------------------------------------------------
 # The two steps of a layer
 # --------------------------------------------------------------------------------------
-def compression_rate_gradient(z: torch.Tensor, wq: torch.Tensor, heads: int, gamma: float | torch.Tensor) -> torch.Tensor:
-    """Exact gradient of ``R^c(Z; U) = Σ_k ½ logdet(I + γ A_kᵀA_k)``, ``A_k = U_kᵀZ``, per image.
-
-    Push-through form (spec §3): ``∇_Z R^c = γ Σ_k U_k (I_p + γ A_k A_kᵀ)^{-1} A_k``, a ``p×p``
-    Cholesky solve per image and head. Row form: ``z`` is ``(B, N, d)``, ``wq = Uᵀ`` is ``(K·p, d)``.
-    Returns ``(B, N, d)``.
-    """
-    b, n, _ = z.shape
-    p = wq.shape[0] // heads
-    a = (z @ wq.t()).view(b, n, heads, p).transpose(1, 2)  # (B, K, N, p): row form of A_kᵀ
-    gram = a.transpose(-1, -2) @ a  # (B, K, p, p) = A_k A_kᵀ
-    eye = torch.eye(p, dtype=z.dtype, device=z.device)
-    chol = torch.linalg.cholesky(eye + gamma * gram)
-    # (A_row M^{-1}) = (M^{-1} A_rowᵀ)ᵀ since M is symmetric.
-    solved = torch.cholesky_solve(a.transpose(-1, -2), chol).transpose(-1, -2)  # (B, K, N, p)
-    stacked = solved.transpose(1, 2).reshape(b, n, heads * p)
-    return gamma * (stacked @ wq)
-
-
 class _TiedAttention(torch.autograd.Function):
     """``softmax(w wᵀ·τ) w`` per head for tied ``q = k = v = w`` (``(..., N, p)``), with the
     backward of the tied form.
@@ -293,10 +273,10 @@ class CompressionStep(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def gamma(self, num_tokens: int) -> float:
-        """γ = p/(N ε²); 1 under the CRATE convention ``eps=None`` (spec §2)."""
-        if self.eps is None:
-            return 1.0
-        return self.dim_head / (num_tokens * self.eps**2)
+        """γ = p/(N ε²); 1 under the CRATE convention ``eps=None`` (docs/theory.md §2)."""
+        from ..rate.core import rate_gamma  # not at the top: srrlab.rate imports this module
+
+        return rate_gamma(self.dim_head, num_tokens, self.eps)
 
     def heads_output(self, z: torch.Tensor) -> torch.Tensor:
         """The stacked heads ``[SSA_1; …; SSA_K]`` in row form, ``(B, N, K·p)``."""
@@ -314,6 +294,8 @@ class CompressionStep(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         out = self.variant.output
         if out == "gradient":
+            from ..rate.core import compression_rate_gradient  # not at the top: srrlab.rate imports this module
+
             update = compression_rate_gradient(z, self.qkv.weight, self.heads, self.gamma(z.shape[1]))
         else:
             s = self.heads_output(z)
@@ -420,7 +402,7 @@ def _norm(ln: nn.Module, x: torch.Tensor, name: str, removed: frozenset[str]) ->
 
 
 class CRATELayer(nn.Module):
-    """One CRATE layer: ``Y = Z + step(LN₁(Z))``, ``Z' = ISTA(LN₂(Y))`` (spec §3)."""
+    """One CRATE layer: ``Y = Z + step(LN₁(Z))``, ``Z' = ISTA(LN₂(Y))`` (docs/theory.md §3)."""
 
     def __init__(self, cfg: CRATEConfig):
         super().__init__()
@@ -439,7 +421,7 @@ class CRATELayer(nn.Module):
 # The model
 # --------------------------------------------------------------------------------------
 class CRATE(nn.Module):
-    """A CRATE vision model of any variant (spec §3), laid out as the official code.
+    """A CRATE vision model of any variant (docs/theory.md §3), laid out as the official code.
 
     Patches ``(p1 p2 c)`` → LayerNorm → Linear → LayerNorm, a CLS token and a learned
     positional embedding, ``depth`` CRATE layers, then LayerNorm → Linear on the CLS token

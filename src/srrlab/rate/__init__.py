@@ -1,12 +1,14 @@
-"""Coding rates and the sparse rate reduction measure (spec §2, §3, §5): see :mod:`srrlab.rate.core`."""
+"""Coding rates and the sparse rate reduction measure (docs/theory.md §2, §3, §5): see :mod:`srrlab.rate.core`."""
 from .core import (
     coding_rate,
     compression_rate,
     compression_rate_grad,
+    compression_rate_gradient,
     RATE_CONVENTIONS,
     UNIT_EPS,
     default_eps,
     rate_eps,
+    rate_gamma,
     l0,
     logdet_identity_plus,
     srr,
@@ -17,10 +19,12 @@ __all__ = [
     "coding_rate",
     "compression_rate",
     "compression_rate_grad",
+    "compression_rate_gradient",
     "RATE_CONVENTIONS",
     "UNIT_EPS",
     "default_eps",
     "rate_eps",
+    "rate_gamma",
     "l0",
     "logdet_identity_plus",
     "srr",
