@@ -1,4 +1,4 @@
-"""Time of ``srrlab.correlation.correlation_table`` with its uncertainty columns (spec §6).
+"""Time of ``srrlab.correlation.correlation_table`` with its uncertainty columns (docs/theory.md §6).
 
 The table of a study: 26 measures × 64 models on a full 2×2×2×2×4 grid (four two-level axes and
 one four-level axis, as ``batch_size × lr × width × dropout × model``), one measure with two NaN

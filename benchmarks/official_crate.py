@@ -1,4 +1,4 @@
-"""A reference implementation of the official CRATE formulation (spec §8), for benchmarks.
+"""A reference implementation of the official CRATE formulation (docs/theory.md §8), for benchmarks.
 
 Written the way the official ``model/crate.py`` computes (not copied from it): attention with an
 explicit score matrix ``softmax(w wᵀ · scale)`` per head followed by ``attn @ w`` and the learned

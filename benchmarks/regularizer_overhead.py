@@ -1,4 +1,4 @@
-"""Overhead of the SRR regulariser (spec §7) on a training step, side by side with a plain step.
+"""Overhead of the SRR regulariser (docs/theory.md §7) on a training step, side by side with a plain step.
 
 A step is forward + backward + Adam on a fixed random batch, as in the trainer: plain
 cross-entropy, then CE + η·μ on the last layer, one random layer, and all layers. Shapes:

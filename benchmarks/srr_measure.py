@@ -3,11 +3,11 @@
 The naive way is the one of the official CRATE coding-rate tool: for every image and head the
 N×N Gram ``A_k A_kᵀ`` (row form, ``A_k = Z U_k``) and ``logdet(I_N + γ A_k A_kᵀ)`` by a batched
 Cholesky, and the N×N Gram for ``R``. Ours factors the smaller side (p×p for the heads,
-``min(N, d)`` for ``R``, spec §2) in one batched Cholesky over images × heads.
+``min(N, d)`` for ``R``, docs/theory.md §2) in one batched Cholesky over images × heads.
 
 Shapes: ``crate-tiny`` (d=384, K=6, p=64), 128 images, fp32, at N=65 (32×32 images, patch 4)
 and N=197 (224×224 images, patch 16). ``Z`` is realistic: random images forwarded through a
-freshly initialised model with ``forward_layers(x, layernorm=False)`` (spec §5), last layer's
+freshly initialised model with ``forward_layers(x, layernorm=False)`` (docs/theory.md §5), last layer's
 ``z_out`` with ``model.subspaces()[-1]``.
 
     python benchmarks/srr_measure.py [--tokens 65,197] [--batch 128] [--repeats 9] [--warmup 2]

@@ -1,4 +1,4 @@
-"""How well does a complexity measure rank generalisation? The statistics of spec §6.
+"""How well does a complexity measure rank generalisation? The statistics of docs/theory.md §6.
 
 Input everywhere is a tidy table (:class:`pandas.DataFrame`) with one row per trained model and
 columns prefixed ``hp.`` (hyperparameters), ``measure.`` (complexity measures, larger = more
@@ -10,7 +10,7 @@ available columns. Rows with NaN in the measure or the gap are dropped and count
 
 Statistics (definitions, conventions and a worked example in ``docs/correlation.md``):
 
-- :func:`kendall_tau`: τ-a of spec §6, ``τ = 1/(n(n−1)) Σ_{i≠j} sign(x_i−x_j) sign(y_i−y_j)``, ties
+- :func:`kendall_tau`: τ-a of docs/theory.md §6, ``τ = 1/(n(n−1)) Σ_{i≠j} sign(x_i−x_j) sign(y_i−y_j)``, ties
   count 0 (Jiang et al. 2020, Kendall's rank-correlation coefficient).
 - :func:`granulated_kendall`: Jiang et al.'s granulated coefficient, per-axis ``ψ_i`` (τ inside the
   groups where only axis i varies, averaged over groups) and ``Ψ = mean_i ψ_i``.
@@ -184,7 +184,7 @@ def _group_ids(codes: np.ndarray) -> np.ndarray:
 
 
 def kendall_tau(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
-    """Kendall's τ-a of spec §6 (Jiang et al. 2020, "Kendall's rank-correlation coefficient"):
+    """Kendall's τ-a of docs/theory.md §6 (Jiang et al. 2020, "Kendall's rank-correlation coefficient"):
 
     ``τ = 1/(n(n−1)) Σ_{i≠j} sign(x_i − x_j) sign(y_i − y_j)``.
 
@@ -219,7 +219,7 @@ def _pair_signs(v: np.ndarray) -> np.ndarray:
 
 @dataclass
 class GranulatedResult:
-    """Jiang et al.'s granulated Kendall coefficient (spec §6). Dict keys are axis names without
+    """Jiang et al.'s granulated Kendall coefficient (docs/theory.md §6). Dict keys are axis names without
     the ``hp.`` prefix."""
 
     psi: dict[str, float]  # ψ_i: mean τ over the groups used for axis i (NaN if none)
@@ -262,7 +262,7 @@ def granulated_kendall(table: pd.DataFrame, axes: Iterable[str] | str | None, me
                        gap: str = "gen.gap_ce") -> GranulatedResult:
     """Granulated Kendall coefficient of Jiang et al. 2020 (their "granulated Kendall's coefficient",
     ``ψ_i = (1/m_i) Σ τ(models with θ_{−i} fixed)``, ``m_i = |Θ_1×…×Θ_{i−1}×Θ_{i+1}×…×Θ_n|``,
-    ``Ψ = (1/n) Σ_i ψ_i``; spec §6).
+    ``Ψ = (1/n) Σ_i ψ_i``; docs/theory.md §6).
 
     For each axis i, models are grouped by the values of all *other* axes (groups keyed by the tuple
     of values); τ (:func:`kendall_tau`) is computed inside each group, where only θ_i varies, and
@@ -791,7 +791,7 @@ def correlation_table(table: pd.DataFrame, measures: Iterable[str] | str | None 
                       max_conditioning: int = 2, noise_n: int | None = None, min_ess: float = 0.0,
                       permutations: int = 10_000, bootstrap: int = 2_000, seed: int = 0,
                       confidence: float = 0.95) -> pd.DataFrame:
-    """One row per measure, the layout of Jiang et al.'s Table 1 (spec §6).
+    """One row per measure, the layout of Jiang et al.'s Table 1 (docs/theory.md §6).
 
     Index: measure names without ``measure.`` (default: every ``measure.*`` column, in column order).
     Columns: ``psi.<axis>`` (one per axis, :func:`granulated_kendall`), ``tau`` (overall τ), ``tau_p``,

@@ -1,4 +1,4 @@
-"""Complexity measures (spec §5–§6): a registry of ``measure(ctx) -> float``, larger = more complex.
+"""Complexity measures (docs/theory.md §5–§6): a registry of ``measure(ctx) -> float``, larger = more complex.
 
 Each measure is keyed to its paper and equation (``MEASURES[name].reference``); shared quantities
 (weight matrices, their norms, logits, margins) are computed once per model by

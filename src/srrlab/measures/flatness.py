@@ -1,4 +1,4 @@
-"""PAC-Bayes and sharpness (flatness) measures, Jiang et al. 2020, App. C (spec §6).
+"""PAC-Bayes and sharpness (flatness) measures, Jiang et al. 2020, App. C (docs/theory.md §6).
 
 Every measure here perturbs **all trainable parameters** ``w`` (the vector of ``parameters()``
 with ``requires_grad``: a tied tensor once; buffers such as ``crate-fix``'s fixed output operator

@@ -205,7 +205,7 @@ def path_norm_log(model: CRATE) -> float:
       ``D`` (as ``D`` and ``Dᵀ``), the CLS token and the positional embedding (added to the
       activations, i.e. biases);
     * every LayerNorm is the identity (removed together with its affine parameters), as in the
-      LayerNorm-free forward of spec §5;
+      LayerNorm-free forward of docs/theory.md §5;
     * the softmax attention of every head is uniform attention, ``(1/N) 11ᵀ`` over the N tokens:
       the softmax with all scores equal. (Of the fixed, permutation-equivariant, row-stochastic
       token mixers ``a I + (1−a)/N 11ᵀ``, the identity a = 1 would cut every path from the

@@ -1,4 +1,4 @@
-"""Import checkpoints of the official CRATE code (``model/crate.py``, spec §8)."""
+"""Import checkpoints of the official CRATE code (``model/crate.py``, docs/theory.md §8)."""
 from __future__ import annotations
 
 import math
@@ -103,7 +103,7 @@ def read_state_dict(state_dict_or_path: Mapping[str, torch.Tensor] | str | os.Pa
 def _infer_config(sd: Mapping[str, torch.Tensor], overrides: dict[str, Any]) -> CRATEConfig:
     def need(key: str) -> torch.Tensor:
         if key not in sd:
-            raise ValueError(f"not an official CRATE checkpoint: key {key!r} is missing (spec §8 lists the keys)")
+            raise ValueError(f"not an official CRATE checkpoint: key {key!r} is missing (docs/theory.md §8 lists the keys)")
         return sd[key]
 
     qkv = need("transformer.layers.0.0.fn.qkv.weight")
@@ -136,7 +136,7 @@ def _infer_config(sd: Mapping[str, torch.Tensor], overrides: dict[str, Any]) -> 
 
 
 def load_official_crate(state_dict_or_path: Mapping[str, torch.Tensor] | str | os.PathLike, **config: Any) -> CRATE:
-    """Build a ``crate`` model from a checkpoint of the official CRATE code (spec §8).
+    """Build a ``crate`` model from a checkpoint of the official CRATE code (docs/theory.md §8).
 
     The architecture (width, depth, classes, patch size, image size, heads for the official
     widths) is inferred from the tensors; any :class:`CRATEConfig` field can be given to

@@ -1,4 +1,4 @@
-"""The regularisation experiment (spec §7; the paper's Tables 2 and 6): model variants ×
+"""The regularisation experiment (docs/theory.md §7; the paper's Tables 2 and 6): model variants ×
 {CE, CE + SRR} × layer choices × seeds (× datasets), trained and reported.
 
 It is a study (:mod:`srrlab.study`) whose grid has *arms*: runs with ``srr_reg = 0`` (plain

@@ -1,5 +1,5 @@
 """Study specifications: a TOML file naming the dataset, fixed settings, grid axes, stopping rule
-and measures of a generalisation study (spec §6)."""
+and measures of a generalisation study (docs/theory.md §6)."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,4 @@
-"""SRR as a regulariser (spec §7):
+"""SRR as a regulariser (docs/theory.md §7):
 
 ``min_w L_CE(w) + η · (1/|S|) Σ_{ℓ∈S} μ^ℓ(w^ℓ; f_{w^ℓ}(StopGrad(Z^{ℓ-1})))``
 
