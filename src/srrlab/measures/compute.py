@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -64,39 +63,29 @@ def measure_run(run_dir: str | os.PathLike, measures: str | Iterable[str] | None
                 settings: MeasureSettings | None = None, splits: Any = None, device: str = "cpu") -> dict[str, Any]:
     """Measures of a finished training run: its final model, initial weights and training data.
 
-    Returns one tidy row: ``run``, ``hp.*`` (training and model options), ``gen.*`` (gaps and
-    accuracies from ``summary.json``, and how the row was measured: ``gen.protocol``,
-    ``gen.measure_network``, ``gen.protocol_train_acc``, ``gen.protocol_images``) and ``measure.*``.
+    Returns one tidy row (:func:`srrlab.runs.tidy_row`): ``run``, ``hp.*`` (training and model
+    options), ``gen.*`` (status, gaps, accuracies and wall time from the run's summary, and how the
+    row was measured: ``gen.protocol``, ``gen.measure_network``, ``gen.protocol_train_acc``,
+    ``gen.protocol_images``) and ``measure.*``.
     """
     from ..data import load_dataset_cached
-    from ..io import read_json
-    from ..train import load_run
+    from ..runs import RunFolder, run_hparams, tidy_row
 
-    run_dir = Path(run_dir)
-    config = read_json(run_dir / "config.json")
-    summary = read_json(run_dir / "summary.json")
+    folder = RunFolder(run_dir)
+    config = folder.config()
+    summary = folder.summary() or {"status": "running"}
     if summary.get("status") == "running":
         raise ValueError(f"{run_dir} has not finished (status running); resume it with `srrlab train --resume {run_dir}`")
     train = config["train"]
     if splits is None:
         splits = load_dataset_cached(train["dataset"], data_dir=train["data_dir"], seed=train["data_seed"],
                                      **train["data_options"])
-    model = load_run(run_dir, "final", device=device)
-    init = load_run(run_dir, "init", device=device)
+    model = folder.load_model("final", device=device)
+    init = folder.load_model("init", device=device)
     record: dict[str, Any] = {}
     values = compute_measures(model, init=init, data=splits.train, measures=measures, settings=settings,
                               record=record)
-    row: dict[str, Any] = {"run": str(run_dir)}
-    for key in ("model", "dataset", "lr", "batch_size", "weight_decay", "optimizer", "epochs", "seed", "augment"):
-        row[f"hp.{key}"] = train[key]
-    for key, value in train["model_options"].items():
-        row[f"hp.{key}"] = value
-    row["hp.variant"] = config["model"]["variant"]
-    for key in ("status", "epochs", "train_ce", "test_ce", "train_acc", "test_acc", "gap_ce", "gap_err"):
-        row[f"gen.{key}"] = summary[key]
-    row.update({f"gen.{k}": v for k, v in record.items()})
-    row.update({f"measure.{k}": v for k, v in values.items()})
-    return row
+    return tidy_row(run_hparams(config), {**summary, **record}, values, run=str(run_dir))
 
 
 def measure_runs(run_dirs: Sequence[str | os.PathLike], measures: str | Iterable[str] | None = None,

@@ -1,4 +1,4 @@
-"""Layer-wise SRR across training: the paper's Figures 2–3 (spec §5)."""
+"""Layer-wise SRR across training: the paper's Figures 2–3 (docs/theory.md §5)."""
 from __future__ import annotations
 
 import os
@@ -12,7 +12,7 @@ from matplotlib import cm, colors
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..io import read_json
+from ..runs import RunFolder
 
 __all__ = ["QUANTITIES", "plot_layerwise", "run_label", "split_protocols"]
 
@@ -26,12 +26,8 @@ QUANTITIES = {
 
 
 def run_label(run_dir: str | os.PathLike) -> str:
-    """``<model> seed <s>`` from a run folder's config, else the folder name."""
-    try:
-        cfg = read_json(Path(run_dir) / "config.json")["train"]
-        return f"{cfg['model']} · seed {cfg['seed']}"
-    except (OSError, KeyError, ValueError):
-        return Path(run_dir).name
+    """``<model> · seed <s>`` from a run folder's config, else the folder name (:meth:`RunFolder.label`)."""
+    return RunFolder(run_dir).label()
 
 
 #: What each LayerNorm protocol removes, for the column titles.

@@ -16,13 +16,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..runs import STATUS_OF_RUN, RunFolder
 from .spec import StudySpec, load_spec
 from .store import StudyStore
 
 __all__ = ["execute_point", "run_study", "run_folder", "STATUS_OF_RUN"]
-
-#: Training status → study status.
-STATUS_OF_RUN = {"converged": "done", "completed": "done", "not-converged": "not-converged", "diverged": "diverged"}
 
 
 def run_folder(directory: str | os.PathLike, run_id: str) -> Path:
@@ -54,28 +52,27 @@ def execute_point(spec_source: str, point: dict[str, Any], run_dir: str, threads
 
 def _execute(spec_source: str, point: dict[str, Any], run_dir: str) -> dict[str, Any]:
     from ..data import load_dataset_cached
-    from ..io import read_json
     from ..measures import MeasureSettings, compute_measures
-    from ..train import load_run, resume, train
+    from ..train import resume, train
 
     try:
         spec = StudySpec.from_toml(spec_source)
         cfg = spec.train_config(point)
         splits = load_dataset_cached(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.data_seed, **cfg.data_options)
-        folder = Path(run_dir)
-        if (folder / "checkpoint" / "latest.json").exists():
-            result = resume(folder, quiet=True, splits=splits)
+        folder = RunFolder(run_dir)
+        if folder.has_checkpoint():
+            result = resume(folder.path, quiet=True, splits=splits)
         else:
-            if folder.exists():  # interrupted before its first checkpoint: restart cleanly
-                shutil.rmtree(folder)
-            result = train(cfg, folder, quiet=True, splits=splits)
-        summary = read_json(folder / "summary.json")
+            if folder.path.exists():  # interrupted before its first checkpoint: restart cleanly
+                shutil.rmtree(folder.path)
+            result = train(cfg, folder.path, quiet=True, splits=splits)
+        summary = result.summary
         status = STATUS_OF_RUN[result.status]
         measures = None
         if status != "diverged" and spec.measures:
             settings = MeasureSettings.from_dict(spec.measure_settings)
-            model = load_run(folder, "final")
-            init = load_run(folder, "init")
+            model = folder.load_model("final")
+            init = folder.load_model("init")
             record: dict[str, Any] = {}
             measures = compute_measures(model, init=init, data=splits.train, measures=spec.measures,
                                         settings=settings, record=record)

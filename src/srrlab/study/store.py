@@ -15,14 +15,14 @@ from typing import Any
 
 import pandas as pd
 
+from ..runs import FINAL_STATUSES as FINAL
+from ..runs import STUDY_STATUSES, tidy_row
 from .spec import SpecError, StudySpec, point_id
 
 __all__ = ["StudyStore", "STUDY_STATUSES", "DB_NAME"]
 
 DB_NAME = "study.sqlite"
-#: Row states: pending → running → done | not-converged | diverged | failed.
-STUDY_STATUSES = ("pending", "running", "done", "not-converged", "diverged", "failed")
-FINAL = ("done", "not-converged", "diverged", "failed")
+# Row states (srrlab.runs.STUDY_STATUSES): pending → running → done | not-converged | diverged | failed.
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -143,18 +143,11 @@ class StudyStore:
         for run_id, point, status, error, notes, attempts, summary, measures in rows:
             point = json.loads(point)
             settings = spec.settings(point) if spec is not None else point
-            rec: dict[str, Any] = {"id": run_id, "status": status, "error": error, "warnings": notes,
-                                   "attempts": attempts}
-            rec.update({f"hp.{k}": v for k, v in settings.items()})
-            rec["hp.variant"] = settings["model"].rpartition("-")[0]
             summary = json.loads(summary) if summary else None
-            for key in ("train_ce", "test_ce", "train_acc", "test_acc", "gap_ce", "gap_err", "epochs", "wall_time_s",
-                        "protocol", "measure_network", "protocol_train_acc", "protocol_images"):
-                rec[f"gen.{key}"] = (summary or {}).get(key)
             measures = (json.loads(measures) if measures else None) or {}
-            for name in (spec.measures if spec is not None else measures):
-                rec[f"measure.{name}"] = measures.get(name)
-            records.append(rec)
+            records.append(tidy_row(settings, summary, measures,
+                                    measure_names=spec.measures if spec is not None else None, id=run_id,
+                                    status=status, error=error, warnings=notes, attempts=attempts))
         return pd.DataFrame(records)
 
 

@@ -1,13 +1,8 @@
 """Training CRATE models: a config dataclass, a resumable run folder, deterministic seeds.
 
-A run folder holds::
+The run folder's layout is owned by :class:`srrlab.runs.RunFolder`; the trainer owns its
+checkpoint inside it::
 
-    config.json                 TrainConfig, the resolved model config, versions
-    metrics.jsonl               one line per epoch (epoch 0 = at initialisation)
-    summary.json                status, epochs, final metrics, wall time
-    weights_init.safetensors    weights at initialisation
-    weights_final.safetensors   weights when the run ended
-    layerwise.jsonl             per-layer SRR tables every ``srr_every`` epochs, per protocol, if asked
     checkpoint/latest.json      pointer to the newest complete checkpoint
     checkpoint/epoch-NNNN/      model.safetensors + optimizer.pt (for --resume)
 
@@ -38,16 +33,15 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..data import ImageDataset, Splits, augment, load_dataset, rand_augment, random_resized_crop
-from ..io import atomic_write, load_weights, read_json, read_jsonl, save_weights, write_json, write_jsonl
-from ..models import CRATE, create_model, model_config, parse_model_name
+from ..io import atomic_write, load_weights, read_json, save_weights, write_json
+from ..models import CRATE, model_config, parse_model_name
+from ..runs import RUN_STATUSES, RunFolder
 
 __all__ = ["TrainConfig", "RunResult", "train", "resume", "load_run", "read_layerwise", "select_device", "STATUSES",
            "AUGMENTATIONS"]
 
-#: Final states of a run. ``converged``: the full-train-set cross-entropy reached ``target_ce``;
-#: ``not-converged``: the epoch limit came first; ``completed``: the epoch limit with no target;
-#: ``diverged``: a NaN/inf loss stopped the run.
-STATUSES = ("running", "converged", "not-converged", "completed", "diverged")
+#: States of a run (:data:`srrlab.runs.RUN_STATUSES`).
+STATUSES = RUN_STATUSES
 #: Training-set augmentations (``TrainConfig.augment``).
 AUGMENTATIONS = ("none", "crop-flip", "randaugment")
 
@@ -63,7 +57,7 @@ class TrainConfig:
     data_seed: int = 0  # split seed (digits) / generation seed (synthetic)
     data_options: dict[str, Any] = field(default_factory=dict)
     # "none" | "crop-flip": random crop (padding 4 for 32×32, 1 for 8×8) + horizontal flip |
-    # "randaugment": random resized crop + horizontal flip + RandAugment(ops, magnitude) (spec §7).
+    # "randaugment": random resized crop + horizontal flip + RandAugment(ops, magnitude) (docs/theory.md §7).
     # True/False are accepted for "crop-flip"/"none".
     augment: str | bool = "none"
     randaugment_ops: int = 2  # N of RandAugment(N, M)
@@ -93,7 +87,7 @@ class TrainConfig:
     srr_rate: str = "gamma1"
     srr_eps: float | None = None  # ε of the rates; None: the rate convention's (gamma1: ε² = p/N)
     srr_lam: float = 0.1  # λ of μ = λ‖Z‖₀ + R^c − R (measure and regulariser)
-    srr_reg: float = 0.0  # η of the SRR regulariser (spec §7); 0: plain cross-entropy training
+    srr_reg: float = 0.0  # η of the SRR regulariser (docs/theory.md §7); 0: plain cross-entropy training
     srr_layers: str = "last"  # regularised layers: last | all | random | 1-based indices "i,j,…"
     srr_l1: float = 0.0  # weight of the ℓ1 surrogate of ‖Z‖₀ in the regulariser
 
@@ -171,6 +165,7 @@ class RunResult:
     epochs: int  # epochs completed
     metrics: list[dict[str, Any]]  # one dict per epoch, epoch 0 first
     model: CRATE
+    summary: dict[str, Any] = field(default_factory=dict)  # what summary.json holds
 
     @property
     def final(self) -> dict[str, Any]:
@@ -236,6 +231,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path, *, quiet: bool = False, splits: Splits | None = None):
         self.cfg = cfg
         self.run_dir = run_dir
+        self.folder = RunFolder(run_dir)
         self.quiet = quiet
         self.device = select_device(cfg.device)
         if cfg.amp and self.device.type != "cuda":
@@ -313,32 +309,33 @@ class Trainer:
     # -- files --------------------------------------------------------------------------
     @property
     def ckpt_dir(self) -> Path:
-        return self.run_dir / "checkpoint"
+        return self.folder.checkpoint_dir
 
     def _save_checkpoint(self, epoch: int, metrics: list[dict[str, Any]]) -> None:
         folder = self.ckpt_dir / f"epoch-{epoch:04d}"
         folder.mkdir(parents=True, exist_ok=True)
         save_weights(folder / "model.safetensors", self.model.state_dict(), {"epoch": str(epoch)})
         atomic_write(folder / "optimizer.pt", lambda tmp: torch.save(self.optimizer.state_dict(), tmp))
-        write_jsonl(self.run_dir / "metrics.jsonl", metrics)
+        self.folder.write_metrics(metrics)
         if self.cfg.srr_every:
-            write_jsonl(self.run_dir / "layerwise.jsonl", self.layerwise)
-        write_json(self.ckpt_dir / "latest.json", {"epoch": epoch, "folder": folder.name})
+            self.folder.write_layerwise(self.layerwise)
+        write_json(self.ckpt_dir / RunFolder.LATEST, {"epoch": epoch, "folder": folder.name})
         for old in self.ckpt_dir.glob("epoch-*"):
             if old.name != folder.name:
                 shutil.rmtree(old, ignore_errors=True)
 
     def _load_checkpoint(self) -> tuple[int, list[dict[str, Any]]]:
-        latest = read_json(self.ckpt_dir / "latest.json")
+        latest = read_json(self.ckpt_dir / RunFolder.LATEST)
         folder = self.ckpt_dir / latest["folder"]
         self.model.load_state_dict(load_weights(folder / "model.safetensors"))
         state = torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=True)
         self.optimizer.load_state_dict(state)
         epoch = int(latest["epoch"])
-        metrics = [m for m in read_jsonl(self.run_dir / "metrics.jsonl") if m["epoch"] <= epoch]
+        metrics = [m for m in self.folder.metrics() if m["epoch"] <= epoch]
         if len(metrics) != epoch + 1:
-            raise RuntimeError(f"{self.run_dir}/metrics.jsonl has {len(metrics)} epochs up to {epoch}, expected {epoch + 1}")
-        self.layerwise = [r for r in read_jsonl(self.run_dir / "layerwise.jsonl") if r["epoch"] <= epoch]
+            raise RuntimeError(f"{self.run_dir}/{RunFolder.METRICS} has {len(metrics)} epochs up to {epoch}, "
+                               f"expected {epoch + 1}")
+        self.layerwise = [r for r in self.folder.layerwise() if r["epoch"] <= epoch]
         return epoch, metrics
 
     def _record_srr(self, m: dict[str, Any], final: bool) -> None:
@@ -471,12 +468,13 @@ class Trainer:
                     self._record_srr(m, final=status is not None)
                 self._save_checkpoint(epoch, metrics)
                 bar.set_postfix(ce=f"{m['train_ce']:.3f}", acc=f"{m['test_acc']:.3f}")
-                write_json(self.run_dir / "summary.json", self._summary(status or "running", metrics, time.perf_counter() - t_start))
+                self.folder.write_summary(self._summary(status or "running", metrics, time.perf_counter() - t_start))
         finally:
             bar.close()
-        save_weights(self.run_dir / "weights_final.safetensors", model.state_dict(), {"epoch": str(metrics[-1]["epoch"])})
-        write_json(self.run_dir / "summary.json", self._summary(status, metrics, time.perf_counter() - t_start))
-        return RunResult(self.run_dir, status, metrics[-1]["epoch"], metrics, model)
+        self.folder.save_weights("final", model.state_dict(), metrics[-1]["epoch"])
+        summary = self._summary(status, metrics, time.perf_counter() - t_start)
+        self.folder.write_summary(summary)
+        return RunResult(self.run_dir, status, metrics[-1]["epoch"], metrics, model, summary)
 
 
 def _provenance() -> dict[str, str]:
@@ -506,9 +504,8 @@ def train(config: TrainConfig | None = None, run_dir: str | os.PathLike | None =
     trainer = Trainer(cfg, run_dir, quiet=quiet, splits=splits)
     trainer._setup_compile()  # before the run folder exists: a refused --compile leaves nothing behind
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", {"train": cfg.to_dict(), "model": trainer.model_config.to_dict(),
-                                         "versions": _provenance()})
-    save_weights(run_dir / "weights_init.safetensors", trainer.model.state_dict(), {"epoch": "0"})
+    trainer.folder.write_config(cfg.to_dict(), trainer.model_config.to_dict(), _provenance())
+    trainer.folder.save_weights("init", trainer.model.state_dict(), 0)
     t0 = time.perf_counter()
     m0 = trainer._epoch_metrics(0, 0, 0.0, None, 0.0)
     trainer._record_srr(m0, final=False)
@@ -522,34 +519,23 @@ def resume(run_dir: str | os.PathLike, *, quiet: bool = False, splits: Splits | 
     The result equals that of an uninterrupted run. A run that already ended is returned as is.
     """
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists():
-        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json); start it with `srrlab train --out {run_dir}`")
-    saved = read_json(run_dir / "config.json")
-    cfg = TrainConfig.from_dict(saved["train"])
+    folder = RunFolder(run_dir)
+    cfg = TrainConfig.from_dict(folder.config()["train"])
     trainer = Trainer(cfg, run_dir, quiet=quiet, splits=splits)
-    if not (trainer.ckpt_dir / "latest.json").exists():
+    if not folder.has_checkpoint():
         raise FileNotFoundError(f"{run_dir} has no complete checkpoint to resume from; delete it and start again")
     epoch, metrics = trainer._load_checkpoint()
-    summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").exists() else {}
+    summary = folder.summary() or {}
     if summary.get("status", "running") != "running" and summary.get("epochs") == epoch \
-            and (run_dir / "weights_final.safetensors").exists():
-        return RunResult(run_dir, summary["status"], epoch, metrics, trainer.model)
+            and folder.has_weights("final"):
+        return RunResult(run_dir, summary["status"], epoch, metrics, trainer.model, summary)
     trainer._setup_compile()
     return trainer.run(epoch, metrics, float(summary.get("wall_time_s", 0.0)) + (trainer.compile_s or 0.0))
 
 
 def load_run(run_dir: str | os.PathLike, which: str = "final", device: str | torch.device = "cpu") -> CRATE:
-    """The model of a run folder with its ``"final"`` or ``"init"`` weights."""
-    run_dir = Path(run_dir)
-    if which not in ("final", "init"):
-        raise ValueError(f"which must be 'final' or 'init', got {which!r}")
-    path = run_dir / f"weights_{which}.safetensors"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist ({'the run has not finished' if which == 'final' else 'not a run folder'})")
-    saved = read_json(run_dir / "config.json")
-    model = create_model(saved["train"]["model"], **{k: v for k, v in saved["model"].items() if k != "variant"})
-    model.load_state_dict(load_weights(path))
-    return model.to(device)
+    """The model of a run folder with its ``"final"`` or ``"init"`` weights (:meth:`RunFolder.load_model`)."""
+    return RunFolder(run_dir).load_model(which, device)
 
 
 def read_layerwise(run_dir: str | os.PathLike) -> "pd.DataFrame":
@@ -561,11 +547,11 @@ def read_layerwise(run_dir: str | os.PathLike) -> "pd.DataFrame":
     """
     import pandas as pd
 
-    path = Path(run_dir) / "layerwise.jsonl"
-    rows = read_jsonl(path)
+    folder = RunFolder(run_dir)
+    rows = folder.layerwise()
     if not rows:
         raise FileNotFoundError(
-            f"{path} is missing or empty: train with --srr-every E (srr_every=E) to record per-layer SRR"
+            f"{folder.layerwise_path} is missing or empty: train with --srr-every E (srr_every=E) to record per-layer SRR"
         )
     table = pd.DataFrame(rows)
     if "layernorm" not in table:

@@ -1,0 +1,199 @@
+"""The run folder, its statuses and the tidy row: one owner each.
+
+A training run writes one folder (``srrlab train --out D``, :func:`srrlab.train.train`)::
+
+    config.json                 TrainConfig, the resolved model config, versions
+    metrics.jsonl               one line per epoch (epoch 0 = at initialisation)
+    summary.json                status, epochs, final metrics, wall time
+    weights_init.safetensors    weights at initialisation
+    weights_final.safetensors   weights when the run ended
+    layerwise.jsonl             per-layer SRR tables every ``srr_every`` epochs, per protocol, if asked
+    checkpoint/                 the newest complete checkpoint (for --resume; owned by the trainer)
+
+:class:`RunFolder` is the only code that knows these names. :func:`tidy_row` is the only code that
+names the ``hp.*`` / ``gen.*`` / ``measure.*`` columns of the tidy tables that measures and studies
+produce (docs/study.md). The status words of runs and of study points live here too.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .io import read_json, read_jsonl, save_weights, write_json, write_jsonl
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .models import CRATE
+
+__all__ = ["RunFolder", "tidy_row", "run_hparams", "variant_of", "RUN_STATUSES", "STUDY_STATUSES", "FINAL_STATUSES",
+           "MEASURABLE_STATUSES", "CORRELATED_STATUSES", "STATUS_OF_RUN", "GEN_KEYS", "RECORD_KEYS"]
+
+# -- statuses ---------------------------------------------------------------------------------
+#: ``summary.json`` status of a training run: still ``running``; stopped at the target CE
+#: (``converged``); at the epoch limit with a target (``not-converged``) or without one
+#: (``completed``); ``diverged`` (a non-finite loss).
+RUN_STATUSES = ("running", "converged", "not-converged", "completed", "diverged")
+#: Status of a study grid point (the study database).
+STUDY_STATUSES = ("pending", "running", "done", "not-converged", "diverged", "failed")
+#: A study point in one of these is finished (never run again).
+FINAL_STATUSES = ("done", "not-converged", "diverged", "failed")
+#: Points whose model was measured.
+MEASURABLE_STATUSES = ("done", "not-converged")
+#: Points that enter a correlation table by default: the models that reached the stopping target.
+CORRELATED_STATUSES = ("done",)
+#: Training status → study status.
+STATUS_OF_RUN = {"converged": "done", "completed": "done", "not-converged": "not-converged", "diverged": "diverged"}
+
+# -- the tidy row -----------------------------------------------------------------------------
+#: ``gen.*`` columns taken from a run's summary.
+GEN_KEYS = ("status", "epochs", "train_ce", "test_ce", "train_acc", "test_acc", "gap_ce", "gap_err", "wall_time_s")
+#: ``gen.*`` columns that say how the row was measured (:func:`srrlab.measures.compute_measures`' record).
+RECORD_KEYS = ("protocol", "measure_network", "protocol_train_acc", "protocol_images")
+#: The TrainConfig fields a single run's row carries as ``hp.*`` (besides the model options).
+_RUN_HP_KEYS = ("model", "dataset", "lr", "batch_size", "weight_decay", "optimizer", "epochs", "seed", "augment")
+
+
+def variant_of(model: str) -> str:
+    """The variant of a ``<variant>-<size>`` model name (``crate-c-digits`` → ``crate-c``)."""
+    from .models.registry import parse_model_name
+
+    return parse_model_name(model)[0]
+
+
+def run_hparams(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The hyperparameters of one run's ``config.json``: the training settings that change results
+    and every model option."""
+    train = config["train"]
+    return {**{k: train[k] for k in _RUN_HP_KEYS}, **train["model_options"]}
+
+
+def tidy_row(hp: Mapping[str, Any], summary: Mapping[str, Any] | None = None,
+             measures: Mapping[str, Any] | None = None, *, measure_names: Iterable[str] | None = None,
+             **identity: Any) -> dict[str, Any]:
+    """One row of a tidy table: ``identity`` columns as given (``run``, ``id``, ``status``, …), then
+    ``hp.*`` (with ``hp.variant`` from ``hp["model"]``), ``gen.*`` (:data:`GEN_KEYS` and
+    :data:`RECORD_KEYS` from the summary; missing ones are None) and ``measure.*`` (in the order of
+    ``measure_names``, default the order of ``measures``)."""
+    row: dict[str, Any] = dict(identity)
+    row.update({f"hp.{k}": v for k, v in hp.items()})
+    if "model" in hp:
+        row["hp.variant"] = variant_of(hp["model"])
+    summary = summary or {}
+    row.update({f"gen.{k}": summary.get(k) for k in GEN_KEYS + RECORD_KEYS})
+    measures = measures or {}
+    row.update({f"measure.{name}": measures.get(name) for name in (measure_names if measure_names is not None
+                                                                   else measures)})
+    return row
+
+
+# -- the run folder ---------------------------------------------------------------------------
+class RunFolder:
+    """One training run's folder: the names of its files, and reading and writing them.
+
+    Every write is atomic (:mod:`srrlab.io`). Reading a folder that is not a run folder raises one
+    ``FileNotFoundError`` naming the folder and how to make one.
+    """
+
+    CONFIG = "config.json"
+    METRICS = "metrics.jsonl"
+    SUMMARY = "summary.json"
+    LAYERWISE = "layerwise.jsonl"
+    CHECKPOINT = "checkpoint"
+    LATEST = "latest.json"  # inside CHECKPOINT: the pointer to the newest complete checkpoint
+    WEIGHTS = {"init": "weights_init.safetensors", "final": "weights_final.safetensors"}
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    # -- what is there --------------------------------------------------------------------
+    def is_run(self) -> bool:
+        return (self.path / self.CONFIG).exists()
+
+    def require(self) -> RunFolder:
+        if not self.is_run():
+            raise FileNotFoundError(f"{self.path} is not a run folder (no {self.CONFIG}); start it with "
+                                    f"`srrlab train --out {self.path}`")
+        return self
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / self.CHECKPOINT
+
+    def has_checkpoint(self) -> bool:
+        """Whether the run can be resumed (it wrote at least one complete checkpoint)."""
+        return (self.checkpoint_dir / self.LATEST).exists()
+
+    def weights_path(self, which: str) -> Path:
+        if which not in self.WEIGHTS:
+            raise ValueError(f"which must be 'final' or 'init', got {which!r}")
+        return self.path / self.WEIGHTS[which]
+
+    # -- records --------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """``config.json``: ``{"train": TrainConfig fields, "model": CRATEConfig fields, "versions": …}``."""
+        return read_json(self.require().path / self.CONFIG)
+
+    def write_config(self, train: Mapping[str, Any], model: Mapping[str, Any], versions: Mapping[str, str]) -> None:
+        write_json(self.path / self.CONFIG, {"train": dict(train), "model": dict(model), "versions": dict(versions)})
+
+    def summary(self) -> dict[str, Any] | None:
+        """``summary.json``, or None before the first epoch ended."""
+        path = self.path / self.SUMMARY
+        return read_json(path) if path.exists() else None
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        write_json(self.path / self.SUMMARY, dict(summary))
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.path / self.METRICS)
+
+    def write_metrics(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        write_jsonl(self.path / self.METRICS, rows)
+
+    def layerwise(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.path / self.LAYERWISE)
+
+    def write_layerwise(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        write_jsonl(self.path / self.LAYERWISE, rows)
+
+    @property
+    def layerwise_path(self) -> Path:
+        return self.path / self.LAYERWISE
+
+    # -- weights --------------------------------------------------------------------------
+    def save_weights(self, which: str, state_dict: Mapping[str, torch.Tensor], epoch: int) -> None:
+        save_weights(self.weights_path(which), state_dict, {"epoch": str(epoch)})
+
+    def has_weights(self, which: str) -> bool:
+        return self.weights_path(which).exists()
+
+    def load_model(self, which: str = "final", device: str | torch.device = "cpu") -> CRATE:
+        """The run's model with its ``"final"`` or ``"init"`` weights."""
+        from .io import load_weights
+        from .models import create_model
+
+        path = self.weights_path(which)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} does not exist ({'the run has not finished' if which == 'final' else 'not a run folder'})")
+        saved = self.config()
+        model = create_model(saved["train"]["model"], **{k: v for k, v in saved["model"].items() if k != "variant"})
+        model.load_state_dict(load_weights(path))
+        return model.to(device)
+
+    def label(self) -> str:
+        """``<model> · seed <s>`` from the config, else the folder name."""
+        try:
+            cfg = self.config()["train"]
+            return f"{cfg['model']} · seed {cfg['seed']}"
+        except (OSError, KeyError, ValueError):
+            return self.path.name
