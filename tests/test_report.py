@@ -136,6 +136,8 @@ def test_correlation_csv_uses_converged_runs_only(report):
     assert "use the 13 runs that reached the stopping target" in text
     assert "Not-converged runs (measured, not ranked):" in text and "`crate-t-lr0.001-bs128`" in text
     assert rep.strata[0].title == "all models, n = 13 converged models"
+    # the report returns the table it wrote (nobody re-reads correlation.csv)
+    pd.testing.assert_frame_equal(rep.correlation, pd.read_csv(out / "correlation.csv"), check_dtype=False)
 
 
 def test_include_not_converged_brings_them_in(tmp_path):

@@ -74,9 +74,7 @@ _TRAIN_FLAGS = {  # flag -> TrainConfig field
 
 
 def _print_result(result, as_json: bool) -> None:
-    from .io import read_json
-
-    summary = read_json(Path(result.run_dir) / "summary.json")
+    summary = result.summary
     if as_json:
         print(json.dumps({"run_dir": str(result.run_dir), **summary}, indent=2))
         return
@@ -186,31 +184,13 @@ def cmd_study_run(args: argparse.Namespace) -> int:
 
 
 def cmd_study_report(args: argparse.Namespace) -> int:
-    report = _study_report(args.dir, by=args.by, include_not_converged=args.include_not_converged or None,
+    from .study import report_study
+
+    report = report_study(args.dir, by=args.by, include_not_converged=args.include_not_converged or None,
                            permutations=args.permutations, bootstrap=args.bootstrap, seed=args.seed)
     print(report.headline())
     print(f"report  {report.path}")
     return 0
-
-
-def _study_report(directory: str, *, by: str | None = None, include_not_converged: bool | None = None,
-                  permutations: int = 10_000, bootstrap: int = 2_000, seed: int = 0):
-    """Write the report of the study in ``directory``: strata and the not-converged rule from the
-    spec's ``[report]`` table unless given (``by`` comma-separated; ``"none"``: no strata)."""
-    from .report import write_study_report
-    from .study import StudyStore
-    from .study.store import DB_NAME
-
-    if not os.path.exists(os.path.join(directory, DB_NAME)):
-        raise FileNotFoundError(f"{directory} holds no study (no {DB_NAME}); run `srrlab study run SPEC --dir {directory}`")
-    with StudyStore(directory) as store:
-        spec = store.spec()
-        table = store.table()
-    strata = spec.report_by if by is None else [b.strip() for b in by.split(",") if b.strip() and b.strip() != "none"]
-    include = spec.include_not_converged if include_not_converged is None else include_not_converged
-    return write_study_report(table, directory, axes=[f"hp.{a}" for a in spec.axes], title=f"srrlab study: {spec.name}",
-                              spec_text=spec.source, by=strata, include_not_converged=include,
-                              permutations=permutations, bootstrap=bootstrap, seed=seed)
 
 
 # -- regularize -------------------------------------------------------------------------
@@ -250,7 +230,7 @@ def cmd_regularize_report(args: argparse.Namespace) -> int:
 
 # -- demo -------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .study import load_spec, run_study
+    from .study import load_spec, report_study, run_study
 
     spec = load_spec("demo")
     out = args.out or os.path.join("runs", "demo-study")
@@ -262,7 +242,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     table = run_study(spec, out, workers=workers, progress=False if args.quiet else None)
     counts = table["status"].value_counts().to_dict()
     print(f"trained and measured in {time.perf_counter() - t0:.0f} s: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    report = _study_report(out)
+    report = report_study(out)
     print()
     print(report.headline())
     print()
@@ -390,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--srr-eps", type=_optional_float, help="ε of the rates (default: the rate convention's)")
     p.add_argument("--srr-lam", type=float, help=f"λ of μ = λ‖Z‖₀ + R^c − R (default {defaults.srr_lam})")
     p.add_argument("--srr-reg", type=float, metavar="ETA",
-                   help="add η·mean over the selected layers of μ^ℓ(layer(StopGrad(Z^{ℓ-1}))) to the loss (spec §7)")
+                   help="add η·mean over the selected layers of μ^ℓ(layer(StopGrad(Z^{ℓ-1}))) to the loss (docs/theory.md §7)")
     p.add_argument("--srr-layers", help="regularised layers: last (default), all, random, or 1-based indices 1,6,12")
     p.add_argument("--srr-l1", type=float, metavar="W", help="add W·‖Z^ℓ‖₁, a trainable surrogate of ‖Z‖₀ (default 0)")
     p.add_argument("--out", default=None, help="run folder (default runs/<model>-<dataset>-seed<seed>-<time>)")
@@ -460,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="Dask worker processes (default 2 on a multi-core machine)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("toy", help="toy study (spec §4): does each compression update rule decrease R^c?",
+    p = sub.add_parser("toy", help="toy study (docs/theory.md §4): does each compression update rule decrease R^c?",
                        description="Run L layers of a compression update alone on Gaussian tokens and record "
                                    "R^c before/after each layer; writes toy.csv and figure1a/figure1b/figure5 PNGs.")
     p.add_argument("--rules", default="exact,taylor,first-order,second-order,softmax,negative",

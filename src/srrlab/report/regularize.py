@@ -1,4 +1,4 @@
-"""The report of the regularisation experiment (spec §7; the paper's Tables 2 and 6).
+"""The report of the regularisation experiment (docs/theory.md §7; the paper's Tables 2 and 6).
 
 Input is the tidy table of a study whose grid crosses model variants (and optionally datasets)
 with *arms* — plain cross-entropy (η = 0) and CE + SRR regularisation (η > 0, a layer choice) —
@@ -22,7 +22,6 @@ with a single seed there is no spread and no verdict (``one seed``).
 """
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +31,8 @@ import numpy as np
 import pandas as pd
 
 from ..io import atomic_write
-from .study import _fence, _md_escape, _md_table, _new_figure, _palette, _save, _short_error
+from ..runs import MEASURABLE_STATUSES
+from .format import colour_palette, fence, md_escape, md_table, new_figure, save_png, short_error
 
 __all__ = ["arm_label", "regularization_summary", "paper_table", "plot_regularization", "verdict_sentences",
            "write_regularization_report", "VERDICTS", "DATASET_NAMES", "display_variant"]
@@ -42,7 +42,7 @@ VERDICTS = ("helped", "within seed spread", "hurt", "one seed", "no baseline")
 #: How datasets are written in tables and figures.
 DATASET_NAMES = {"digits": "digits", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "synthetic": "synthetic"}
 #: Statuses whose test accuracy enters the table (a run that ran out of epochs still has one).
-_USABLE = ("done", "not-converged")
+_USABLE = MEASURABLE_STATUSES
 #: Columns that define an arm (when the spec has no grouped ``arm`` axis) and never define a row.
 _ARM_SETTINGS = ("srr_reg", "srr_layers", "srr_l1")
 #: Columns of the summary other than the extra row axes.
@@ -196,7 +196,7 @@ def _markdown_paper_table(summary: pd.DataFrame) -> str:
                 text = _cell(r["test_acc_mean"], r["test_acc_std"])
                 cells.append(f"**{text}**" if np.isfinite(best) and r["test_acc_mean"] == best and len(gd) > 1 else text)
         rows.append(cells)
-    return _md_table(header, rows, ["---"] * (1 + len(extra)) + ["---:"] * (len(header) - 1 - len(extra)))
+    return md_table(header, rows, ["---"] * (1 + len(extra)) + ["---:"] * (len(header) - 1 - len(extra)))
 
 
 def verdict_sentences(summary: pd.DataFrame) -> list[str]:
@@ -243,13 +243,13 @@ def plot_regularization(summary: pd.DataFrame, runs: pd.DataFrame, path: str | o
     path = Path(path)
     datasets = list(dict.fromkeys(summary["dataset"]))
     extra = [c for c in summary.columns if c not in _SUMMARY_COLUMNS]
-    fig = _new_figure(max(4.5, 1.2 + 1.6 * summary["variant"].nunique()) * len(datasets) ** 0.5 + 1.0, 4.2)
+    fig = new_figure(max(4.5, 1.2 + 1.6 * summary["variant"].nunique()) * len(datasets) ** 0.5 + 1.0, 4.2)
     axes = np.atleast_1d(fig.subplots(1, len(datasets), squeeze=False)[0])
     for ax, d in zip(axes, datasets):
         s = summary[summary["dataset"] == d]
         groups = list(dict.fromkeys(zip(*(s[c] for c in ["variant", *extra]))))
         arms = list(dict.fromkeys(s["arm"]))
-        colours = _palette(arms)
+        colours = colour_palette(arms)
         width = 0.8 / len(arms)
         for j, arm in enumerate(arms):
             xs, means, stds = [], [], []
@@ -283,7 +283,7 @@ def plot_regularization(summary: pd.DataFrame, runs: pd.DataFrame, path: str | o
     fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(4, len(handles)),
                fontsize=8, frameon=False)
     fig.suptitle("SRR regularisation: test accuracy, mean ± std over seeds (dots: seeds)", fontsize=10)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def write_regularization_report(table: pd.DataFrame, out_dir: str | os.PathLike, *, axes: Sequence[str] = (),
@@ -303,7 +303,7 @@ def write_regularization_report(table: pd.DataFrame, out_dir: str | os.PathLike,
         figure = plot_regularization(summary[summary["seeds"] > 0], usable, out / "regularize.png")
     sentences = verdict_sentences(summary) if not summary.empty else []
     counts = runs["status"].value_counts().to_dict()
-    lines = [f"# {_md_escape(title)}", "",
+    lines = [f"# {md_escape(title)}", "",
              f"{len(runs)} runs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ".", "",
              "Test accuracy (%), mean ± standard deviation over seeds (the layout of the paper's Tables 2 and 6; "
              "the best mean per model and dataset in bold).", "", _markdown_paper_table(summary) if not summary.empty
@@ -314,21 +314,21 @@ def write_regularization_report(table: pd.DataFrame, out_dir: str | os.PathLike,
               "Per variant: the seed-paired difference Δ (regularised − CE, same seed = same initialisation and "
               "data order) against the seed-to-seed spread σ (the larger of the two arms' standard deviations): "
               "*helped* when Δ > σ, *hurt* when Δ < −σ, otherwise within the spread.", ""]
-    lines += [f"- {_md_escape(x)}" for x in sentences] or ["(no regularised arm has finished runs)"]
+    lines += [f"- {md_escape(x)}" for x in sentences] or ["(no regularised arm has finished runs)"]
     lines += [""]
     shown = summary.copy()
     num = shown.select_dtypes("number").columns
     shown[num] = shown[num].round(3)
-    lines += ["## Summary table", "", "`regularize-summary.csv`:", "", _fence(shown.to_string(index=False)), ""]
+    lines += ["## Summary table", "", "`regularize-summary.csv`:", "", fence(shown.to_string(index=False)), ""]
     bad = runs[~runs["ok"]]
     if not bad.empty:
         lines += ["## Runs without a test accuracy", ""]
         for _, r in bad.head(30).iterrows():
             lines.append(f"- `{r['id']}` ({r['variant']}, {r['arm']}, seed {r.get('hp.seed', '?')}): {r['status']}"
-                         + (f" — {_md_escape(_short_error(r.get('error')))}" if r["status"] == "failed" else ""))
+                         + (f" — {md_escape(short_error(r.get('error')))}" if r["status"] == "failed" else ""))
         lines.append("")
     if spec_text:
-        lines += ["## Spec", "", _fence(spec_text), ""]
+        lines += ["## Spec", "", fence(spec_text), ""]
     path = atomic_write(out / "regularize.md", lambda tmp: Path(tmp).write_text("\n".join(lines), encoding="utf-8"))
     return {"path": Path(path), "summary": summary, "sentences": sentences, "table": paper_table(summary)
             if not summary.empty else pd.DataFrame()}

@@ -1,4 +1,4 @@
-"""The report of a generalisation study (spec §6): tables, the paper's Figure 4 and Table 1.
+"""The report of a generalisation study (docs/theory.md §6): tables, the paper's Figure 4 and Table 1.
 
 Input is the study's tidy table, one row per grid point: ``id``, ``status``, ``error``, ``hp.*``,
 ``gen.*`` and ``measure.*`` columns (the format of :mod:`srrlab.correlation`).
@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -26,6 +25,9 @@ from matplotlib.ticker import MaxNLocator
 
 from ..correlation import GEN_PREFIX, HP_PREFIX, MEASURE_PREFIX, correlation_table
 from ..io import atomic_write
+from ..runs import CORRELATED_STATUSES, FINAL_STATUSES, MEASURABLE_STATUSES, STUDY_STATUSES
+from .format import (colour_palette, fence, fmt, md_escape, md_table, new_figure, p_clause, p_value, save_png,
+                     short_error, tau_interval)
 
 __all__ = [
     "CORRELATED_STATUSES",
@@ -41,22 +43,17 @@ __all__ = [
     "markdown_correlation_table",
 ]
 
-#: Every status a grid point can have, in the order the report lists them.
-STATUSES = ("done", "not-converged", "diverged", "failed", "pending", "running")
-#: Statuses whose models are measured and drawn: finished training, with or without reaching the
-#: stopping criterion.
-MEASURABLE_STATUSES = ("done", "not-converged")
-#: Statuses whose models enter the correlation tables by default: those that reached the stopping
-#: target (the paper correlates the models it "successfully trained"); ``include_not_converged``
-#: adds the not-converged ones.
-CORRELATED_STATUSES = ("done",)
+#: Every status a grid point can have (srrlab.runs), in the order the report lists them.
+STATUSES = FINAL_STATUSES + tuple(s for s in STUDY_STATUSES if s not in FINAL_STATUSES)
+# MEASURABLE_STATUSES (drawn: finished training, at the target or not) and CORRELATED_STATUSES
+# (ranked by default: the models that reached the target, as the paper's "successfully trained"
+# ones; ``include_not_converged`` adds the others) come from srrlab.runs.
 
 SRR = "srr"
 _STATUS_COLOURS = {"done": "#2e7d32", "not-converged": "#f9a825", "diverged": "#c62828", "failed": "#424242",
                    "pending": "#bdbdbd", "running": "#1e88e5"}
 _GAP_LABELS = {"gen.gap_ce": "generalisation gap: test CE − train CE",
                "gen.gap_err": "generalisation gap: train acc − test acc"}
-_DPI = 110
 _MAX_LISTED = 30  # failed/diverged runs listed with their error in report.md
 
 
@@ -78,20 +75,13 @@ def _column(table: pd.DataFrame, name: str, prefix: str, what: str) -> str:
     raise ValueError(f"unknown {what} column {name!r}; available {prefix}* columns: {available}")
 
 
-def _fmt(value: float, digits: int = 3) -> str:
-    """Fixed decimals; NaN as an en dash; no negative zero."""
-    if value is None or not np.isfinite(value):
-        return "–"
-    return f"{round(float(value), digits) + 0.0:.{digits}f}"
-
-
 def _fmt_pair(a: float, b: float) -> tuple[str, str]:
     """Format two different numbers with 3 decimals, or more if 3 would print them equal."""
     for digits in range(3, 8):
-        fa, fb = _fmt(a, digits), _fmt(b, digits)
+        fa, fb = fmt(a, digits), fmt(b, digits)
         if fa != fb:
             return fa, fb
-    return _fmt(a), _fmt(b)
+    return fmt(a), fmt(b)
 
 
 def _value(v: object) -> str:
@@ -99,23 +89,6 @@ def _value(v: object) -> str:
     if isinstance(v, (float, np.floating)):
         return "NaN" if math.isnan(v) else f"{float(v):g}"
     return str(v)
-
-
-def _md_escape(text: str) -> str:
-    for ch in "\\`*_[]<>|":
-        text = text.replace(ch, "\\" + ch)
-    return text
-
-
-def _short_error(error: object, limit: int = 200) -> str:
-    """One line of an error: a traceback's last line (the exception), else the first line."""
-    if error is None or (isinstance(error, float) and math.isnan(error)):
-        return "(no error message)"
-    lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
-    if not lines:
-        return "(no error message)"
-    line = lines[-1] if lines[0].startswith("Traceback") else lines[0]
-    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _sorted_levels(values: pd.Series) -> list:
@@ -145,23 +118,13 @@ def _percent(values: pd.Series) -> pd.Series:
     return v * 100.0 if v.dropna().abs().max() <= 1.0 + 1e-9 else v
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=_DPI))
-
-
-def _new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), constrained_layout=True)
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def _message_figure(path: Path, title: str, message: str) -> Path:
-    fig = _new_figure(6.0, 3.2)
+    fig = new_figure(6.0, 3.2)
     ax = fig.subplots()
     ax.set_axis_off()
     ax.set_title(title)
     ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=11, transform=ax.transAxes)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,20 +162,20 @@ def srr_led(correlation: pd.DataFrame) -> tuple[bool, str]:
     leaders = [str(m) for m, v in finite.items() if v == best]
     if SRR not in tau.index:
         return False, (f"There is no SRR measure in this table; the highest overall Kendall τ was "
-                       f"{_join(leaders)}'s ({_fmt(best)}).")
+                       f"{_join(leaders)}'s ({fmt(best)}).")
     srr_tau = float(tau[SRR].iloc[0]) if isinstance(tau[SRR], pd.Series) else float(tau[SRR])
     if not np.isfinite(srr_tau):
         return False, (f"SRR's overall Kendall τ is undefined on this population (fewer than 2 runs with a "
-                       f"finite SRR value); the highest was {_join(leaders)}'s ({_fmt(best)}).")
+                       f"finite SRR value); the highest was {_join(leaders)}'s ({fmt(best)}).")
     if srr_tau == best:
         others = [m for m in leaders if m != SRR]
         if n == 1:
-            return True, (f"SRR was the only measure with a defined overall Kendall τ ({_fmt(best)}) on this "
+            return True, (f"SRR was the only measure with a defined overall Kendall τ ({fmt(best)}) on this "
                           f"population.")
         if others:
-            return True, (f"SRR tied for the highest overall Kendall τ ({_fmt(best)}) with {_join(others)}, of the "
+            return True, (f"SRR tied for the highest overall Kendall τ ({fmt(best)}) with {_join(others)}, of the "
                           f"{n} measures{qualifier} on this population.")
-        return True, (f"SRR had the highest overall Kendall τ ({_fmt(best)}) of the {n} measures{qualifier} on "
+        return True, (f"SRR had the highest overall Kendall τ ({fmt(best)}) of the {n} measures{qualifier} on "
                       f"this population.")
     verb = "did" if len(leaders) == 1 else "did, tied"
     fb, fs = _fmt_pair(best, srr_tau)
@@ -269,10 +232,10 @@ def srr_verdict(correlation: pd.DataFrame, table: pd.DataFrame | None = None, ga
     def describe(name: str, r: pd.Series, value: float) -> str:
         extra = []
         if "tau_lo" in r and np.isfinite(r.get("tau_lo", math.nan)):
-            extra.append(f"95% interval {_interval(r)}")
+            extra.append(f"95% interval {tau_interval(r)}")
         if "tau_p" in r and np.isfinite(r.get("tau_p", math.nan)):
-            extra.append(_p_clause(r["tau_p"]))
-        return f"{name} τ = {_fmt(value)}" + (f" ({', '.join(extra)})" if extra else "")
+            extra.append(p_clause(r["tau_p"]))
+        return f"{name} τ = {fmt(value)}" + (f" ({', '.join(extra)})" if extra else "")
 
     leads = srr_tau >= rival_tau
     cmp = None
@@ -295,26 +258,6 @@ def srr_verdict(correlation: pd.DataFrame, table: pd.DataFrame | None = None, ga
     return SRRVerdict(leads, rival, cmp, significant, text)
 
 
-def _interval(row: pd.Series, digits: int = 2) -> str:
-    lo, hi = row.get("tau_lo", math.nan), row.get("tau_hi", math.nan)
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        return "–"
-    return f"[{_fmt(lo, digits)}, {_fmt(hi, digits)}]"
-
-
-def _p(value: float) -> str:
-    """A p-value: 3 significant decimals, ``< 0.001`` below."""
-    if value is None or not np.isfinite(value):
-        return "–"
-    return "< 0.001" if value < 0.001 else f"{value:.3f}"
-
-
-def _p_clause(value: float) -> str:
-    """``p = 0.042`` or ``p < 0.001``: a p-value inside a sentence."""
-    text = _p(value)
-    return f"p {text}" if text.startswith("<") else f"p = {text}"
-
-
 def headline(correlation: pd.DataFrame) -> str:
     """A compact text table of a correlation table for a terminal: measure, τ, its interval and
     permutation p-value (when the table has them), Ψ, CMI (3 decimals, ``–`` for undefined), SRR
@@ -330,11 +273,11 @@ def headline(correlation: pd.DataFrame) -> str:
     position = {n: i for i, n in enumerate(names)}
     for name in order:
         row = correlation.iloc[position[name]]
-        cells = f"{_fmt(float(row['tau'])):>8}"
+        cells = f"{fmt(float(row['tau'])):>8}"
         if uncertain:
-            cells += f"{_interval(row):>17}{_p(float(row.get('tau_p', math.nan))):>8}"
+            cells += f"{tau_interval(row):>17}{p_value(float(row.get('tau_p', math.nan))):>8}"
         for c in ("Psi", "cmi"):
-            cells += f"{_fmt(float(row[c])) if c in correlation.columns else '–':>8}"
+            cells += f"{fmt(float(row[c])) if c in correlation.columns else '–':>8}"
         lines.append(f"{name:<{width}}{cells}")
     return "\n".join(lines)
 
@@ -360,15 +303,15 @@ def markdown_correlation_table(correlation: pd.DataFrame) -> str:
     text = {}
     for _, c in cols:
         if c == "tau_lo":
-            text[c] = [_interval(correlation.iloc[i]) for i in range(len(names))]
+            text[c] = [tau_interval(correlation.iloc[i]) for i in range(len(names))]
         elif c in ("tau_p", "Psi_p"):
-            text[c] = [_p(v) for v in values[c]]
+            text[c] = [p_value(v) for v in values[c]]
         else:
-            text[c] = [_fmt(v) for v in values[c]]
+            text[c] = [fmt(v) for v in values[c]]
     best = {}
     for _, c in cols:
         shown = [float(t) for t in text[c] if t != "–"] if c not in ("tau_lo", "tau_p", "Psi_p") else []
-        best[c] = _fmt(max(shown)) if shown else None
+        best[c] = fmt(max(shown)) if shown else None
     lines = ["| measure | " + " | ".join(h for h, _ in cols) + " |",
              "|---|" + "---:|" * len(cols)]
     for name in order:
@@ -382,30 +325,8 @@ def markdown_correlation_table(correlation: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: Sequence[str] | None = None) -> str:
-    align = align or ["---"] + ["---:"] * (len(header) - 1)
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
-
-
-def _fence(text: str) -> str:
-    """A fenced block around ``text`` with a fence longer than any backtick run inside it."""
-    longest, run = 0, 0
-    for ch in text:
-        run = run + 1 if ch == "`" else 0
-        longest = max(longest, run)
-    fence = "`" * max(3, longest + 1)
-    return f"{fence}\n{text.rstrip()}\n{fence}"
-
-
 # ----------------------------------------------------------------------------------------------
 # figures
-
-
-def _palette(levels: Sequence) -> dict:
-    cmap = matplotlib.colormaps["tab10" if len(levels) <= 10 else "tab20"]
-    return {lv: cmap(i % cmap.N) for i, lv in enumerate(levels)}
 
 
 def _scatter_groups(ax, data: pd.DataFrame, x: str, y: str, colour_col: str | None, palette: dict,
@@ -445,7 +366,7 @@ def _fig_srr(path: Path, strata: Sequence["Stratum"], gap: str, srr_col: str | N
             panels.append((st, data))
     if not panels:
         return _message_figure(path, title, "fewer than 2 measured runs with an SRR value: nothing to correlate")
-    fig = _new_figure(5.6 * len(panels) + 0.6, 4.8)
+    fig = new_figure(5.6 * len(panels) + 0.6, 4.8)
     axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)).ravel()
     hollow = False
     for ax, (st, data) in zip(axes, panels):
@@ -455,8 +376,8 @@ def _fig_srr(path: Path, strata: Sequence["Stratum"], gap: str, srr_col: str | N
         ax.set_ylabel(r"SRR measure $\mu_{SRR}$")
         corr = st.correlation
         row = corr.loc[SRR] if corr is not None and SRR in corr.index else None
-        stat = "τ undefined" if row is None else f"τ = {_fmt(row['tau'])}" + (
-            f" {_interval(row)}, {_p_clause(row['tau_p'])}" if "tau_lo" in row else "")
+        stat = "τ undefined" if row is None else f"τ = {fmt(row['tau'])}" + (
+            f" {tau_interval(row)}, {p_clause(row['tau_p'])}" if "tau_lo" in row else "")
         ax.set_title(f"{st.title}\n{stat}", fontsize=10)
         ax.grid(alpha=0.3)
     used = {k: v for k, v in palette.items() if any(k in set(d[colour_col]) for _, d in panels)} if colour_col else {}
@@ -464,7 +385,7 @@ def _fig_srr(path: Path, strata: Sequence["Stratum"], gap: str, srr_col: str | N
         axes[0].legend(handles=_legend_handles(used, colour_label, hollow), title=colour_label, fontsize=9,
                        title_fontsize=9, loc="best", framealpha=0.85)
     fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _fig_grid(path: Path, data: pd.DataFrame, gap: str, measure_cols: Sequence[str], taus: dict,
@@ -488,7 +409,7 @@ def _fig_grid(path: Path, data: pd.DataFrame, gap: str, measure_cols: Sequence[s
         ax = axes[k]
         name = _strip(col, MEASURE_PREFIX)
         _scatter_groups(ax, data, gap, col, colour_col, palette, size=14)
-        ax.set_title(f"{name}\nτ = {_fmt(taus.get(name, math.nan))}", fontsize=9,
+        ax.set_title(f"{name}\nτ = {fmt(taus.get(name, math.nan))}", fontsize=9,
                      fontweight="bold" if name == SRR else "normal")
         ax.tick_params(labelsize=7)
         ax.yaxis.get_offset_text().set_fontsize(7)
@@ -504,13 +425,13 @@ def _fig_grid(path: Path, data: pd.DataFrame, gap: str, measure_cols: Sequence[s
         fig.legend(handles=_legend_handles(palette, colour_label, (data["status"] == "not-converged").any()),
                    title=colour_label, loc="lower center", ncols=min(len(palette) + 1, 8), fontsize=9,
                    title_fontsize=9, frameon=False, bbox_to_anchor=(0.5, 0.0))
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _fig_summary(path: Path, summary: pd.DataFrame, colour_label: str, statuses: Sequence[str]) -> Path:
     if summary.empty:
         return _message_figure(path, "Accuracy and convergence per model type", "the table has no runs")
-    fig = _new_figure(max(9.0, 1.6 * len(summary) + 5.0), 4.4)
+    fig = new_figure(max(9.0, 1.6 * len(summary) + 5.0), 4.4)
     ax_acc, ax_count = fig.subplots(1, 2, width_ratios=[1.25, 1.0])
     x = np.arange(len(summary))
     labels = [_value(v) for v in summary.index]
@@ -550,7 +471,7 @@ def _fig_summary(path: Path, summary: pd.DataFrame, colour_label: str, statuses:
                     fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax_count.grid(axis="y", alpha=0.3)
     fig.suptitle("Accuracy and convergence per model type", fontsize=11)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -589,12 +510,12 @@ def _settings_lines(table: pd.DataFrame, axis_cols: Sequence[str]) -> list[str]:
     lines = []
     for c in axis_cols:
         lines.append(f"- grid axis `{_strip(c, HP_PREFIX)}`: "
-                     + ", ".join(_md_escape(_value(v)) for v in _sorted_levels(table[c])))
+                     + ", ".join(md_escape(_value(v)) for v in _sorted_levels(table[c])))
     for c in hp_cols:
         if c in axis_cols:
             continue
         levels = _sorted_levels(table[c].map(lambda v: v if not isinstance(v, (list, dict)) else repr(v)))
-        shown = ", ".join(_md_escape(_value(v)) for v in levels[:8]) + (", …" if len(levels) > 8 else "")
+        shown = ", ".join(md_escape(_value(v)) for v in levels[:8]) + (", …" if len(levels) > 8 else "")
         kind = "fixed" if len(levels) == 1 else "also varies (not an axis)"
         lines.append(f"- {kind} `{_strip(c, HP_PREFIX)}`: {shown}")
     return lines
@@ -633,11 +554,13 @@ class Stratum:
 class StudyReport:
     """What :func:`write_study_report` wrote and found: ``path`` (``report.md``), the strata (one per
     value of the ``by`` settings, then the pooled one; a single "all models" stratum without
-    ``by``), and the files it wrote."""
+    ``by``), the files it wrote, and ``correlation``: the tidy table it wrote to ``correlation.csv``
+    (one row per stratum and measure)."""
 
     path: Path
     strata: list[Stratum]
     files: list[Path]
+    correlation: pd.DataFrame | None = None
 
     def headline(self) -> str:
         """Per stratum: its title, the compact table (:func:`headline`) and the SRR sentence."""
@@ -766,7 +689,7 @@ def write_study_report(table: pd.DataFrame, out_dir: str | os.PathLike, *, axes:
         colour_col = axis_cols[0] if axis_cols else None
     colour_label = "model type" if colour_col == "hp.variant" else (
         _strip(colour_col, HP_PREFIX) if colour_col else "all runs")
-    palette = _palette(_sorted_levels(table[colour_col])) if colour_col else {}
+    palette = colour_palette(_sorted_levels(table[colour_col])) if colour_col else {}
     files.append(_fig_srr(out / "fig_srr_vs_gap.png", strata, gap_col, srr_col, colour_col, colour_label, palette))
     grid_files = []
     for st in strata:
@@ -796,10 +719,10 @@ def write_study_report(table: pd.DataFrame, out_dir: str | os.PathLike, *, axes:
     md += [""]
     md += _protocol_lines(measured)
     if spec_text:
-        md += ["Study specification:", "", _fence(spec_text), ""]
+        md += ["Study specification:", "", fence(spec_text), ""]
 
     md += ["## Runs", ""]
-    md += [_md_table(["status", "runs"], [[s, str(counts[s])] for s in statuses] + [["**all**", f"**{len(table)}**"]]),
+    md += [md_table(["status", "runs"], [[s, str(counts[s])] for s in statuses] + [["**all**", f"**{len(table)}**"]]),
            ""]
     n_in = int(measured["status"].isin(included_statuses).sum())
     if include_not_converged:
@@ -820,7 +743,7 @@ def write_study_report(table: pd.DataFrame, out_dir: str | os.PathLike, *, axes:
         ids = bad["id"] if "id" in bad.columns else pd.Series(bad.index.astype(str), index=bad.index)
         for i in bad.index[:_MAX_LISTED]:
             err = bad.at[i, "error"] if "error" in bad.columns else None
-            md.append(f"- `{ids[i]}` ({status[i]}): {_md_escape(_short_error(err))}")
+            md.append(f"- `{ids[i]}` ({status[i]}): {md_escape(short_error(err))}")
         if len(bad) > _MAX_LISTED:
             md.append(f"- … and {len(bad) - _MAX_LISTED} more (the `error` column of `runs.csv`)")
         md.append("")
@@ -831,7 +754,7 @@ def write_study_report(table: pd.DataFrame, out_dir: str | os.PathLike, *, axes:
     for st in strata if measure_cols else []:
         md += [f"### {st.title}" + (" — pooled (for reference only)" if st.pooled else ""), ""]
         if st.pooled:
-            md += [f"Every stratum together. The paper never pools widths: {_md_escape(', '.join(map(str, st.key)) or 'the strata')} "
+            md += [f"Every stratum together. The paper never pools widths: {md_escape(', '.join(map(str, st.key)) or 'the strata')} "
                    "order many pairs by themselves (the count ‖Z‖₀ and most norms grow with the width), so this "
                    "table answers a different question than the per-stratum tables above.", ""]
         if st.correlation is None:
@@ -871,11 +794,11 @@ def write_study_report(table: pd.DataFrame, out_dir: str | os.PathLike, *, axes:
     header = [colour_label, "runs"] + statuses + ["train acc", "test acc", "gap CE", "gap err", "epochs"]
     rows = []
     for level, r in summary.iterrows():
-        rows.append([_md_escape(_value(level)), str(int(r["runs"]))] + [str(int(r[s])) for s in statuses]
-                    + [_fmt(r["train_acc"], 1) + ("%" if np.isfinite(r["train_acc"]) else ""),
-                       _fmt(r["test_acc"], 1) + ("%" if np.isfinite(r["test_acc"]) else ""),
-                       _fmt(r["gap_ce"]), _fmt(r["gap_err"]), _fmt(r["epochs"], 1)])
-    md += [_md_table(header, rows), ""]
+        rows.append([md_escape(_value(level)), str(int(r["runs"]))] + [str(int(r[s])) for s in statuses]
+                    + [fmt(r["train_acc"], 1) + ("%" if np.isfinite(r["train_acc"]) else ""),
+                       fmt(r["test_acc"], 1) + ("%" if np.isfinite(r["test_acc"]) else ""),
+                       fmt(r["gap_ce"]), fmt(r["gap_err"]), fmt(r["epochs"], 1)])
+    md += [md_table(header, rows), ""]
     md += ["Accuracies, gaps and epochs are means over the measured (`done` or `not-converged`) runs of each "
            "model type.", ""]
 
@@ -885,7 +808,7 @@ def write_study_report(table: pd.DataFrame, out_dir: str | os.PathLike, *, axes:
            "- " + ", ".join(f"`{f.name}`" for f in files if f.suffix == ".png") + ": the figures", ""]
     text = "\n".join(md)
     path = atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    return StudyReport(path, strata, files + [path])
+    return StudyReport(path, strata, files + [path], corr_all)
 
 
 def _protocol_lines(measured: pd.DataFrame) -> list[str]:
@@ -914,11 +837,11 @@ def _not_converged_lines(measured: pd.DataFrame, axis_cols: Sequence[str], by_co
     cols = list(dict.fromkeys([*by_cols, *axis_cols]))
     lines = ["Not-converged runs (measured, not ranked):", ""]
     for i in nc.index[:_MAX_LISTED]:
-        hp = ", ".join(f"{_strip(c, HP_PREFIX)}={_md_escape(_value(nc.at[i, c]))}" for c in cols)
+        hp = ", ".join(f"{_strip(c, HP_PREFIX)}={md_escape(_value(nc.at[i, c]))}" for c in cols)
         ce = nc.at[i, "gen.train_ce"] if "gen.train_ce" in nc.columns else math.nan
         ep = nc.at[i, "gen.epochs"] if "gen.epochs" in nc.columns else math.nan
         ident = f"`{nc.at[i, 'id']}` " if "id" in nc.columns else ""
-        lines.append(f"- {ident}{hp}: train CE {_fmt(ce, 4)} after {_value(ep)} epochs")
+        lines.append(f"- {ident}{hp}: train CE {fmt(ce, 4)} after {_value(ep)} epochs")
     if len(nc) > _MAX_LISTED:
         lines.append(f"- … and {len(nc) - _MAX_LISTED} more (`runs.csv`)")
     return lines + [""]
