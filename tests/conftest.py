@@ -6,7 +6,6 @@ import torch
 
 from srrlab.data import load_dataset
 from srrlab.train import train
-from srrlab.train import trainer as trainer_mod
 
 
 @pytest.fixture(autouse=True)
@@ -24,17 +23,13 @@ def digits():
     return load_dataset("digits", seed=0)
 
 
-def train_interrupted(cfg, run_dir, monkeypatch, *, at_epoch: int, **kwargs):
-    """Run ``train`` and interrupt it (KeyboardInterrupt) while epoch ``at_epoch`` is being evaluated,
-    leaving the run folder as a killed run would: checkpointed up to ``at_epoch - 1``."""
-    original = trainer_mod.Trainer._epoch_metrics
-
-    def crash(self, epoch, *a, **k):
+def train_interrupted(cfg, run_dir, *, at_epoch: int, **kwargs):
+    """Run ``train`` and interrupt it (KeyboardInterrupt) after epoch ``at_epoch``'s training steps,
+    before its evaluation, leaving the run folder as a killed run would: checkpointed up to
+    ``at_epoch - 1``, with epoch ``at_epoch``'s progress lost."""
+    def crash(epoch):
         if epoch == at_epoch:
             raise KeyboardInterrupt
-        return original(self, epoch, *a, **k)
 
-    with monkeypatch.context() as m:
-        m.setattr(trainer_mod.Trainer, "_epoch_metrics", crash)
-        with pytest.raises(KeyboardInterrupt):
-            train(cfg, run_dir, **kwargs)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run_dir, on_epoch=crash, **kwargs)

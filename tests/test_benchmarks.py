@@ -6,19 +6,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from official_crate import from_srrlab  # noqa: E402
-from study_throughput import study_throughput  # noqa: E402
-from vs_official import _ref_keys, check_same_outputs  # noqa: E402
+from official_crate import from_srrlab  # benchmarks/ is on the test path (pyproject: pythonpath)
+from study_throughput import study_throughput
+from vs_official import _ref_keys, check_same_outputs
 
-import srrlab  # noqa: E402
+import srrlab
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])

@@ -131,7 +131,7 @@ def test_srr_records_survive_resume(tmp_path, digits, monkeypatch):
     cfg = TrainConfig(model="crate-c-digits", model_options={"depth": 2, "dim": 32}, epochs=4, batch_size=128,
                       target_ce=None, srr_every=1, srr_images=32)
     train(cfg, tmp_path / "full", quiet=True, splits=digits)
-    train_interrupted(cfg, tmp_path / "cut", monkeypatch, at_epoch=3, quiet=True, splits=digits)
+    train_interrupted(cfg, tmp_path / "cut", at_epoch=3, quiet=True, splits=digits)
     resume(tmp_path / "cut", quiet=True, splits=digits)
     pd.testing.assert_frame_equal(read_layerwise(tmp_path / "cut"), read_layerwise(tmp_path / "full"))
 

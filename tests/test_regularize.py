@@ -240,7 +240,7 @@ def test_randaugment_training_is_reproducible_resumable_and_changes_the_run(tmp_
     plain = train(_ra(augment="none"), tmp_path / "plain", quiet=True, splits=digits)
     weaker = train(_ra(randaugment_magnitude=0, randaugment_ops=0), tmp_path / "weak", quiet=True, splits=digits)
     assert len({a.final["train_ce"], plain.final["train_ce"], weaker.final["train_ce"]}) == 3
-    train_interrupted(_ra(), tmp_path / "c", monkeypatch, at_epoch=2, quiet=True, splits=digits)
+    train_interrupted(_ra(), tmp_path / "c", at_epoch=2, quiet=True, splits=digits)
     c = resume(tmp_path / "c", quiet=True, splits=digits)
     assert c.metrics[-1]["train_ce"] == a.metrics[-1]["train_ce"]
 

@@ -16,7 +16,10 @@ def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("runs") / "r"
     cfg = TrainConfig(model="crate-n-digits", epochs=2, target_ce=None, batch_size=128,
                       model_options={"depth": 1, "dim": 16, "heads": 2})
-    return folder, train(cfg, folder, quiet=True)
+    seen: list[int] = []
+    result = train(cfg, folder, quiet=True, on_epoch=seen.append)
+    assert seen == [1, 2]  # the hook sees every trained epoch (epoch 0 is the initialisation)
+    return folder, result
 
 
 def test_status_vocabulary_is_consistent():

@@ -92,7 +92,7 @@ def test_resume_equals_uninterrupted(tmp_path, digits, monkeypatch):
     cfg = _small(epochs=4, model_options={"depth": 2, "dim": 32, "dropout": 0.1}, augment=True, warmup_epochs=1)
     full = train(cfg, tmp_path / "full", quiet=True, splits=digits)
 
-    train_interrupted(cfg, tmp_path / "cut", monkeypatch, at_epoch=3, quiet=True, splits=digits)
+    train_interrupted(cfg, tmp_path / "cut", at_epoch=3, quiet=True, splits=digits)
     assert read_json(tmp_path / "cut" / "checkpoint" / "latest.json")["epoch"] == 2
     assert not (tmp_path / "cut" / "weights_final.safetensors").exists()
     assert read_json(tmp_path / "cut" / "summary.json")["status"] == "running"
@@ -203,7 +203,7 @@ def test_compile_matches_eager_and_checkpoints_stay_plain(tmp_path, digits, monk
     without ``_orig_mod.``, and a run checkpointed with compile resumes without it."""
     cfg = _tiny(compile=True)
     eager = train(_tiny(), tmp_path / "eager", quiet=True, splits=digits)
-    train_interrupted(cfg, tmp_path / "c", monkeypatch, at_epoch=2, quiet=True, splits=digits)
+    train_interrupted(cfg, tmp_path / "c", at_epoch=2, quiet=True, splits=digits)
     assert read_json(tmp_path / "c" / "config.json")["train"]["compile"] is True
     weights = load_weights(tmp_path / "c" / "checkpoint" / "epoch-0001" / "model.safetensors")
     assert weights.keys() == eager.model.state_dict().keys()

@@ -23,6 +23,7 @@ import platform
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,8 +229,10 @@ def evaluate(model: CRATE, data: ImageDataset, *, batch_size: int = 500, device:
 class Trainer:
     """One training run in one run folder. Use :func:`train` / :func:`resume`."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, *, quiet: bool = False, splits: Splits | None = None):
+    def __init__(self, cfg: TrainConfig, run_dir: Path, *, quiet: bool = False, splits: Splits | None = None,
+                 on_epoch: Callable[[int], None] | None = None):
         self.cfg = cfg
+        self.on_epoch = on_epoch
         self.run_dir = run_dir
         self.folder = RunFolder(run_dir)
         self.quiet = quiet
@@ -458,6 +461,8 @@ class Trainer:
                     if not math.isfinite(loss_value):
                         loss_sum = float("nan")  # diverged (the CE alone may still be finite)
                         break
+                if self.on_epoch is not None:
+                    self.on_epoch(epoch)
                 m = self._epoch_metrics(epoch, step, lr, loss_sum / seen, time.perf_counter() - t0)
                 if self.regularizer is not None:  # mean μ^ℓ of the regularised layers over the epoch's steps
                     m["srr_reg_layers"] = {str(ell): sum(v) / len(v) for ell, v in sorted(reg_sums.items())}
@@ -482,13 +487,15 @@ def _provenance() -> dict[str, str]:
 
 
 def train(config: TrainConfig | None = None, run_dir: str | os.PathLike | None = None, *, quiet: bool = False,
-          splits: Splits | None = None, **options: Any) -> RunResult:
+          splits: Splits | None = None, on_epoch: Callable[[int], None] | None = None, **options: Any) -> RunResult:
     """Train one model and write its run folder (see the module docstring).
 
     ``config`` is a :class:`TrainConfig`; keyword ``options`` build or override one, e.g.
     ``train(run_dir="runs/a", model="crate-t-digits", epochs=20)``. ``run_dir`` must not exist
     or be empty (use :func:`resume` to continue a run). ``splits`` lets callers pass already
-    loaded data (it must be what ``config.dataset`` would load).
+    loaded data (it must be what ``config.dataset`` would load). ``on_epoch(epoch)`` is called after
+    each epoch's training steps, before the epoch is evaluated and checkpointed: an exception raised
+    there stops the run as a kill would (the folder resumes from the previous epoch).
     """
     cfg = config if config is not None else TrainConfig()
     if options:
@@ -501,7 +508,7 @@ def train(config: TrainConfig | None = None, run_dir: str | os.PathLike | None =
             f"run folder {run_dir} already exists and is not empty; resume it with "
             f"`srrlab train --resume {run_dir}` or choose another --out"
         )
-    trainer = Trainer(cfg, run_dir, quiet=quiet, splits=splits)
+    trainer = Trainer(cfg, run_dir, quiet=quiet, splits=splits, on_epoch=on_epoch)
     trainer._setup_compile()  # before the run folder exists: a refused --compile leaves nothing behind
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer.folder.write_config(cfg.to_dict(), trainer.model_config.to_dict(), _provenance())
@@ -513,15 +520,17 @@ def train(config: TrainConfig | None = None, run_dir: str | os.PathLike | None =
     return trainer.run(0, [m0], time.perf_counter() - t0 + (trainer.compile_s or 0.0))
 
 
-def resume(run_dir: str | os.PathLike, *, quiet: bool = False, splits: Splits | None = None) -> RunResult:
+def resume(run_dir: str | os.PathLike, *, quiet: bool = False, splits: Splits | None = None,
+           on_epoch: Callable[[int], None] | None = None) -> RunResult:
     """Continue an interrupted run from its newest complete checkpoint.
 
     The result equals that of an uninterrupted run. A run that already ended is returned as is.
+    ``on_epoch`` as in :func:`train`.
     """
     run_dir = Path(run_dir)
     folder = RunFolder(run_dir)
     cfg = TrainConfig.from_dict(folder.config()["train"])
-    trainer = Trainer(cfg, run_dir, quiet=quiet, splits=splits)
+    trainer = Trainer(cfg, run_dir, quiet=quiet, splits=splits, on_epoch=on_epoch)
     if not folder.has_checkpoint():
         raise FileNotFoundError(f"{run_dir} has no complete checkpoint to resume from; delete it and start again")
     epoch, metrics = trainer._load_checkpoint()
