@@ -15,6 +15,7 @@ from torch import nn
 
 from ..models import CRATE
 from ..models.crate import ISTAStep
+from ..options import check_keys
 from ..rate import SRRMeasurement, SRRProtocol, measure_srr
 
 __all__ = ["MeasureSettings", "MeasureContext", "WeightMatrix", "weight_matrices", "NETWORKS"]
@@ -99,10 +100,7 @@ class MeasureSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MeasureSettings:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown measure setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+        check_keys(d, (f.name for f in dataclasses.fields(cls)), "measure setting")
         return cls(**d)
 
 

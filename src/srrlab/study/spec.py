@@ -21,6 +21,7 @@ else:  # pragma: no cover
 from ..data import DATASETS
 from ..measures import MEASURES, MeasureSettings
 from ..models import SIZES, VARIANTS, CRATEConfig
+from ..options import check_keys
 from ..train import TrainConfig
 
 __all__ = ["StudySpec", "SpecError", "PRESETS", "load_spec", "point_id", "group_label", "preset_names"]
@@ -111,9 +112,7 @@ class StudySpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StudySpec:
-        unknown = sorted(set(d) - _TOP)
-        if unknown:
-            raise SpecError(f"unknown top-level key {unknown[0]!r}; valid keys: {', '.join(sorted(_TOP))}")
+        check_keys(d, _TOP, "top-level key", error=SpecError)
         if not isinstance(d.get("name"), str):
             raise SpecError("key 'name' is required and must be a string")
         fixed = dict(d.get("fixed", {}))
@@ -150,9 +149,7 @@ class StudySpec:
         m = d.get("measures", {})
         if not isinstance(m, dict):
             raise SpecError("key 'measures' must be a table with 'names' and optional 'settings'")
-        bad = sorted(set(m) - {"names", "settings"})
-        if bad:
-            raise SpecError(f"unknown key 'measures.{bad[0]}'; valid: names, settings")
+        check_keys(m, ("names", "settings"), "key", prefix="measures.", error=SpecError)
         names = m.get("names", "all")
         names = list(MEASURES) if names == "all" else names
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -168,9 +165,7 @@ class StudySpec:
         report = d.get("report", {})
         if not isinstance(report, dict):
             raise SpecError("key 'report' must be a table, e.g. [report] by = [\"dim\"]")
-        bad = sorted(set(report) - REPORT_KEYS)
-        if bad:
-            raise SpecError(f"unknown key 'report.{bad[0]}'; valid: {', '.join(sorted(REPORT_KEYS))}")
+        check_keys(report, REPORT_KEYS, "key", prefix="report.", error=SpecError)
         by = report.get("by", [])
         by = [by] if isinstance(by, str) else by
         if not isinstance(by, list) or not all(isinstance(b, str) for b in by):

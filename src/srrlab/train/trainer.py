@@ -36,6 +36,7 @@ from .. import __version__
 from ..data import ImageDataset, Splits, augment, load_dataset, rand_augment, random_resized_crop
 from ..io import atomic_write, load_weights, read_json, save_weights, write_json
 from ..models import CRATE, model_config, parse_model_name
+from ..options import check_keys
 from ..runs import RUN_STATUSES, RunFolder
 
 __all__ = ["TrainConfig", "RunResult", "train", "resume", "load_run", "read_layerwise", "select_device", "STATUSES",
@@ -150,10 +151,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+        check_keys(d, (f.name for f in dataclasses.fields(cls)), "training option")
         return cls(**d)
 
 
