@@ -26,3 +26,20 @@ def test_every_config_uses_it():
         MeasureSettings.from_dict({"a": 1, "b": 2})
     with pytest.raises(SpecError, match=r"^unknown top-level key 'foo'; valid: data_dir, "):
         StudySpec.from_dict({"foo": 1, "name": "x"})
+
+
+@pytest.mark.parametrize("word", ["none", "None", "NULL", "off", " off "])
+def test_one_none_convention(word):
+    from srrlab.cli import _optional_float, _value
+
+    assert _value(word.strip()) is None and _optional_float(word.strip()) is None
+    spec = StudySpec.from_toml(f'''name = "x"
+dataset = "digits"
+[fixed]
+model = "crate-t-digits"
+target_ce = "{word}"
+[grid]
+seed = [0]
+''')
+    assert spec.train_config(spec.points()[0]).target_ce is None
+    assert _value("nonesuch") == "nonesuch" and _optional_float("0.5") == 0.5

@@ -15,10 +15,12 @@ __all__ = ["main", "build_parser"]
 
 def _value(text: str) -> Any:
     """Parse a ``--set`` value: int, float, true/false, none, or a string."""
+    from .options import is_none
+
     low = text.lower()
     if low in ("true", "false"):
         return low == "true"
-    if low in ("none", "null"):
+    if is_none(text):
         return None
     for cast in (int, float):
         try:
@@ -39,7 +41,9 @@ def _key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
 
 
 def _optional_float(text: str) -> float | None:
-    return None if text.lower() in ("none", "off") else float(text)
+    from .options import is_none
+
+    return None if is_none(text) else float(text)
 
 
 # -- models -----------------------------------------------------------------------------

@@ -3,7 +3,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["check_keys"]
+__all__ = ["check_keys", "is_none", "NONE_WORDS"]
+
+#: How "no value" is written wherever a value is text (command-line flags, ``--set``, TOML, which has
+#: no null): any of these, in any case, unsets an optional setting.
+NONE_WORDS = ("none", "null", "off")
+
+
+def is_none(value: object) -> bool:
+    """Whether ``value`` is one of :data:`NONE_WORDS` (a string, any case)."""
+    return isinstance(value, str) and value.strip().lower() in NONE_WORDS
 
 
 def check_keys(given: Iterable[str], valid: Iterable[str], what: str, *, prefix: str = "",

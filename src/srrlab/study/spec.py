@@ -21,7 +21,7 @@ else:  # pragma: no cover
 from ..data import DATASETS
 from ..measures import MEASURES, MeasureSettings
 from ..models import SIZES, VARIANTS, CRATEConfig
-from ..options import check_keys
+from ..options import check_keys, is_none
 from ..train import TrainConfig
 
 __all__ = ["StudySpec", "SpecError", "PRESETS", "load_spec", "point_id", "group_label", "preset_names"]
@@ -237,7 +237,7 @@ class StudySpec:
     def train_config(self, point: dict[str, Any]) -> TrainConfig:
         s = self.settings(point)
         # TOML has no null: the string "none" unsets an optional setting (target_ce = "none": fixed epochs)
-        s = {k: None if k in _NULLABLE and isinstance(v, str) and v.lower() == "none" else v for k, v in s.items()}
+        s = {k: None if k in _NULLABLE and is_none(v) else v for k, v in s.items()}
         train = {k: v for k, v in s.items() if k in _TRAIN_KEYS}
         model_options = {k: v for k, v in s.items() if k in _MODEL_KEYS}
         try:
