@@ -27,6 +27,7 @@ from .augment import augment
 from .randaugment import OPS as RANDAUGMENT_OPS
 from .randaugment import rand_augment, random_resized_crop
 from .base import DatasetError, ImageDataset, Splits
+from .cifar import _SPECS as _CIFAR_SPECS
 from .cifar import load_cifar
 from .digits import load_digits_splits
 from .fashion import load_fashion_mnist
@@ -63,10 +64,7 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
     "fashion-mnist": ("subset", "train_per_class"),
 }
 
-_CIFAR_FILES = {
-    "cifar10": "cifar-10-python.tar.gz (or cifar-10-batches-py/)",
-    "cifar100": "cifar-100-python.tar.gz (or cifar-100-python/)",
-}
+_CIFAR_FILES = {name: f"{spec.python.archive} (or {spec.python.folder}/)" for name, spec in _CIFAR_SPECS.items()}
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None, dataset: str = "cifar10") -> Path:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .randaugment import _check_generator, _check_images
+
 __all__ = ["augment"]
 
 
@@ -51,12 +53,8 @@ def augment(
             not a bool.
         ValueError: if ``images`` is not 4-D or ``crop_padding`` is negative.
     """
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"augment: images must be a torch.Tensor, got {type(images).__name__}")
-    if images.dim() != 4:
-        raise ValueError(f"augment: images must have shape (n, C, H, W), got {tuple(images.shape)}")
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"augment: generator must be a torch.Generator, got {type(generator).__name__}")
+    _check_images("augment", images, floating=False)
+    _check_generator("augment", generator)
     if isinstance(crop_padding, bool) or not isinstance(crop_padding, int):
         raise TypeError(f"augment: crop_padding must be an int, got {type(crop_padding).__name__}")
     if crop_padding < 0:

@@ -3,14 +3,19 @@
 :class:`ImageDataset` holds one split (images, labels, class names) and
 :class:`Splits` pairs a train split with a test split.  :class:`DatasetError`
 is the single exception type raised for missing, truncated or malformed data
-files.  The normalisation helpers at the bottom compute per-channel statistics
-on a train split and apply them to any split.
+files.  The helpers at the bottom, shared by the loaders, check files (each
+error names the file and what was expected) and standardise both splits with
+per-channel statistics of the train split.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import zlib
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -165,7 +170,46 @@ def _describe(x: object) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Normalisation helpers (numpy side, used by the loaders).
+# Checks shared by the file-backed loaders; each error names the file and what was expected.
+
+#: What reading a damaged gzip stream can raise (tar archives add ``tarfile.TarError``).
+DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error)
+
+
+def existing_data_dir(data_dir: str | os.PathLike[str], expected: str) -> Path:
+    """``data_dir`` as an expanded :class:`~pathlib.Path`, which must exist (else ``expected`` says what was)."""
+    root = Path(os.fspath(data_dir)).expanduser()
+    if not root.exists():
+        raise DatasetError(f"{root}: data directory does not exist; {expected}")
+    return root
+
+
+def read_file(location: Any, display: str, missing: str | None = None) -> bytes:
+    """The bytes of ``location`` (a path or package resource), shown as ``display`` in errors.
+
+    With ``missing`` (what a complete dataset holds), a ``location`` that is not a file is an error too.
+    """
+    if missing is not None and not location.is_file():
+        raise DatasetError(f"{display}: file not found; {missing}")
+    try:
+        return location.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{display}: cannot read the file ({exc})") from None
+
+
+def check_label_range(labels: np.ndarray, num_classes: int, display: str, item: str = "image") -> None:
+    """A :class:`DatasetError` naming ``display`` and the first label outside ``[0, num_classes)``, if any."""
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        i = int(bad[0])
+        raise DatasetError(
+            f"{display}: label {int(labels[i])} of {item} {i} is outside [0, {num_classes - 1}] "
+            f"({num_classes} classes); {bad.size} label(s) out of range — the file is corrupt"
+        )
+
+
+# ---------------------------------------------------------------------------
+# Normalisation (numpy side, used by the loaders).
 
 
 def integer_channel_stats(pixels: np.ndarray, max_value: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -208,23 +252,29 @@ def integer_channel_stats(pixels: np.ndarray, max_value: int) -> tuple[tuple[flo
     return tuple(means), tuple(stds)
 
 
-def standardize(
-    pixels: np.ndarray,
+def standardized_splits(
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
     max_value: int,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-) -> torch.Tensor:
-    """Scale integer pixels ``(n, C, H, W)`` to ``[0, 1]`` and standardise per channel.
+    classes: tuple[str, ...],
+    names: tuple[str, str],
+) -> Splits:
+    """:class:`Splits` of integer ``(images (n, C, H, W), labels)`` pairs, standardised with the train split's stats.
 
-    Returns a new contiguous ``float32`` tensor
-    ``(pixels / max_value - mean[c]) / std[c]``.
+    Pixels become the contiguous ``float32`` ``(pixels / max_value - mean[c]) / std[c]`` with ``(mean, std)``
+    from :func:`integer_channel_stats` of the train images; ``names`` are the train and test split names.
     """
-    pixels = np.ascontiguousarray(pixels)
-    if not pixels.flags.writeable:  # e.g. a view of an immutable bytes buffer
-        pixels = pixels.copy()
-    out = torch.from_numpy(pixels).to(torch.float32)
+    mean, std = integer_channel_stats(train[0], max_value)
     shape = (1, len(mean), 1, 1)
-    out.div_(float(max_value))
-    out.sub_(torch.tensor(mean, dtype=torch.float32).reshape(shape))
-    out.div_(torch.tensor(std, dtype=torch.float32).reshape(shape))
-    return out
+    mean_t = torch.tensor(mean, dtype=torch.float32).reshape(shape)
+    std_t = torch.tensor(std, dtype=torch.float32).reshape(shape)
+
+    def make(pixels: np.ndarray, labels: np.ndarray, name: str) -> ImageDataset:
+        pixels = np.ascontiguousarray(pixels)
+        if not pixels.flags.writeable:  # e.g. a view of an immutable bytes buffer
+            pixels = pixels.copy()
+        images = torch.from_numpy(pixels).to(torch.float32).div_(float(max_value)).sub_(mean_t).div_(std_t)
+        y = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
+        return ImageDataset(images=images, labels=y, classes=classes, name=name, mean=mean, std=std)
+
+    return Splits(train=make(*train, names[0]), test=make(*test, names[1]))

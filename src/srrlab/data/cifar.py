@@ -26,16 +26,22 @@ import io
 import os
 import pickle
 import tarfile
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-import torch
 
-from .base import DatasetError, ImageDataset, Splits, integer_channel_stats, standardize
+from .base import (
+    DECOMPRESS_ERRORS,
+    DatasetError,
+    Splits,
+    check_label_range,
+    existing_data_dir,
+    read_file,
+    standardized_splits,
+)
 
 __all__ = [
     "CIFAR_MAX_VALUE",
@@ -50,8 +56,9 @@ __all__ = [
 #: Largest pixel value (8-bit images).
 CIFAR_MAX_VALUE = 255
 _IMAGE_BYTES = 3 * 32 * 32
-_HOW_TO_FIX = "re-download the official archive from https://www.cs.toronto.edu/~kriz/cifar.html"
-_HOW_TO_FIX_SENTENCE = "Re-download the official archive from https://www.cs.toronto.edu/~kriz/cifar.html"
+_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+_HOW_TO_FIX = f"re-download the official archive from {_URL}"
+_HOW_TO_FIX_SENTENCE = f"Re-download the official archive from {_URL}"
 
 Format = Literal["python", "binary"]
 _FORMATS: tuple[Format, ...] = ("python", "binary")
@@ -59,12 +66,16 @@ _FORMATS: tuple[Format, ...] = ("python", "binary")
 
 @dataclass(frozen=True)
 class _Layout:
-    """File names of one dataset in one format."""
+    """File names of one dataset in one format.
+
+    ``marker`` is the class-names file (CIFAR-100 binary: the fine names); it also identifies a renamed folder.
+    """
 
     folder: str
     archive: str
     train: tuple[str, ...]
     test: str
+    marker: str
 
 
 @dataclass(frozen=True)
@@ -74,42 +85,20 @@ class _Spec:
     binary: _Layout
 
 
+_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 _SPECS: dict[str, _Spec] = {
     "cifar10": _Spec(
         title="CIFAR-10",
-        python=_Layout(
-            folder="cifar-10-batches-py",
-            archive="cifar-10-python.tar.gz",
-            train=tuple(f"data_batch_{i}" for i in range(1, 6)),
-            test="test_batch",
-        ),
-        binary=_Layout(
-            folder="cifar-10-batches-bin",
-            archive="cifar-10-binary.tar.gz",
-            train=tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
-            test="test_batch.bin",
-        ),
+        python=_Layout("cifar-10-batches-py", "cifar-10-python.tar.gz", _BATCHES, "test_batch", "batches.meta"),
+        binary=_Layout("cifar-10-batches-bin", "cifar-10-binary.tar.gz", tuple(f"{b}.bin" for b in _BATCHES),
+                       "test_batch.bin", "batches.meta.txt"),
     ),
     "cifar100": _Spec(
         title="CIFAR-100",
-        python=_Layout(
-            folder="cifar-100-python", archive="cifar-100-python.tar.gz", train=("train",), test="test"
-        ),
-        binary=_Layout(
-            folder="cifar-100-binary",
-            archive="cifar-100-binary.tar.gz",
-            train=("train.bin",),
-            test="test.bin",
-        ),
+        python=_Layout("cifar-100-python", "cifar-100-python.tar.gz", ("train",), "test", "meta"),
+        binary=_Layout("cifar-100-binary", "cifar-100-binary.tar.gz", ("train.bin",), "test.bin",
+                       "fine_label_names.txt"),
     ),
-}
-
-# Files that identify an extracted folder even when it was renamed.
-_MARKERS: dict[tuple[str, Format], str] = {
-    ("cifar10", "python"): "batches.meta",
-    ("cifar10", "binary"): "batches.meta.txt",
-    ("cifar100", "python"): "meta",
-    ("cifar100", "binary"): "fine_label_names.txt",
 }
 
 
@@ -149,13 +138,11 @@ def locate_cifar(dataset: str, data_dir: str | os.PathLike[str]) -> CifarSource:
             accepted layouts.
     """
     spec = _spec(dataset)
-    root = Path(os.fspath(data_dir)).expanduser()
-    if not root.exists():
-        raise DatasetError(
-            f"{root}: data directory does not exist; expected a folder holding "
-            f"{spec.python.archive} or {spec.python.folder}/ (or the binary-format "
-            f"{spec.binary.archive} / {spec.binary.folder}/)"
-        )
+    root = existing_data_dir(
+        data_dir,
+        f"expected a folder holding {spec.python.archive} or {spec.python.folder}/ "
+        f"(or the binary-format {spec.binary.archive} / {spec.binary.folder}/)",
+    )
     if root.is_file():
         return _source_from_archive(dataset, root)
     if not root.is_dir():
@@ -175,22 +162,19 @@ def locate_cifar(dataset: str, data_dir: str | os.PathLike[str]) -> CifarSource:
             return CifarSource(dataset, fmt, root / layout.archive, True, layout.folder)
     # A renamed extracted folder, recognised by its metadata file.
     for fmt in _FORMATS:
-        if (root / _MARKERS[(dataset, fmt)]).is_file():
+        if (root / _layout(spec, fmt).marker).is_file():
             return CifarSource(dataset, fmt, root, False, root.name)
-    expected = ", ".join(
-        [spec.python.folder + "/", spec.python.archive, spec.binary.folder + "/", spec.binary.archive]
-    )
+    expected = f"{spec.python.folder}/, {spec.python.archive}, {spec.binary.folder}/, {spec.binary.archive}"
     raise DatasetError(
         f"{root}: no {spec.title} data found; expected one of {expected} in this folder "
-        f"(or data_dir pointing at one of them). No download is provided; get the official archive from "
-        "https://www.cs.toronto.edu/~kriz/cifar.html"
+        f"(or data_dir pointing at one of them). No download is provided; get the official archive from {_URL}"
     )
 
 
 def _source_from_archive(dataset: str, archive: Path) -> CifarSource:
     """Identify the format of an archive from its top-level folder."""
     spec = _spec(dataset)
-    wanted = {spec.python.folder: "python", spec.binary.folder: "binary"}
+    wanted: dict[str, Format] = {spec.python.folder: "python", spec.binary.folder: "binary"}
     top: str | None = None
     try:
         with tarfile.open(archive, mode="r|*") as tf:
@@ -207,14 +191,13 @@ def _source_from_archive(dataset: str, archive: Path) -> CifarSource:
             f"{spec.python.folder!r} (python format) or {spec.binary.folder!r} (binary format) "
             f"for {spec.title}"
         )
-    fmt: Format = "python" if wanted[top] == "python" else "binary"
-    return CifarSource(dataset, fmt, archive, True, top)
+    return CifarSource(dataset, wanted[top], archive, True, top)
 
 
 # ---------------------------------------------------------------------------
 # Reading files (folder or archive) into bytes.
 
-_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
+_ARCHIVE_ERRORS = (tarfile.TarError, *DECOMPRESS_ERRORS)
 
 
 def _member_name(name: str) -> str:
@@ -235,13 +218,7 @@ def _read_files(source: CifarSource, names: Iterable[str], parse: Callable[[str,
     if not source.is_archive:
         for name in wanted:
             path = source.path / name
-            if not path.is_file():
-                raise DatasetError(f"{path}: file not found; {complete}. {_HOW_TO_FIX_SENTENCE}")
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                raise DatasetError(f"{path}: cannot read the file ({exc})") from None
-            parse(name, data, str(path))
+            parse(name, read_file(path, str(path), f"{complete}. {_HOW_TO_FIX_SENTENCE}"), str(path))
         return
 
     prefix = source.folder + "/"
@@ -461,50 +438,31 @@ def read_cifar_raw(
             pickle global, or a label outside ``[0, num_classes)``.
     """
     _check_label_mode(source.dataset, label_mode)
-    if source.dataset == "cifar10":
-        num_classes = 10
-        py_label_key, py_meta, py_names_key = "labels", "batches.meta", "label_names"
-        bin_label_bytes, bin_label_index, bin_meta = 1, 0, "batches.meta.txt"
-        label_desc = "1 label byte"
-    else:
-        fine = label_mode == "fine"
-        num_classes = 100 if fine else 20
-        py_label_key = "fine_labels" if fine else "coarse_labels"
-        py_meta = "meta"
-        py_names_key = "fine_label_names" if fine else "coarse_label_names"
-        bin_label_bytes, bin_label_index = 2, (1 if fine else 0)
-        bin_meta = "fine_label_names.txt" if fine else "coarse_label_names.txt"
-        label_desc = "coarse label byte + fine label byte"
-
     layout = _layout(_spec(source.dataset), source.format)
-    meta_name = py_meta if source.format == "python" else bin_meta
-    batches: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
+    fine = label_mode == "fine"
+    if source.dataset == "cifar10":
+        num_classes, label_key, label_bytes, label_index, label_desc = 10, "labels", 1, 0, "1 label byte"
+    else:
+        num_classes, label_key = (100, "fine_labels") if fine else (20, "coarse_labels")
+        label_bytes, label_index, label_desc = 2, int(fine), "coarse label byte + fine label byte"
+    names_key = label_key[:-1] + "_names"  # label_names, fine_label_names or coarse_label_names
+    meta_name = layout.marker if fine or source.format == "python" else "coarse_label_names.txt"
+    batches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     classes: list[tuple[str, ...]] = []
 
     def parse(name: str, data: bytes, display: str) -> None:
-        if name == meta_name:
-            if source.format == "python":
-                meta = _as_str_keys(load_restricted_pickle(data, display), display)
-                classes.append(
-                    _decode_names(
-                        _require_key(meta, py_names_key, display), py_names_key, num_classes, display
-                    )
-                )
-            else:
-                classes.append(_parse_names_txt(data, num_classes, display))
-            return
-        if source.format == "python":
-            images, labels = _parse_pickled_batch(data, display, py_label_key)
+        if name == meta_name and source.format == "python":
+            meta = _as_str_keys(load_restricted_pickle(data, display), display)
+            classes.append(_decode_names(_require_key(meta, names_key, display), names_key, num_classes, display))
+        elif name == meta_name:
+            classes.append(_parse_names_txt(data, num_classes, display))
         else:
-            images, labels = _parse_binary_batch(data, display, bin_label_bytes, bin_label_index, label_desc)
-        bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-        if bad.size:
-            i = int(bad[0])
-            raise DatasetError(
-                f"{display}: label {int(labels[i])} of image {i} is outside [0, {num_classes - 1}] "
-                f"({num_classes} classes); {bad.size} label(s) out of range — the file is corrupt"
-            )
-        batches[name] = (images, labels, display)
+            if source.format == "python":
+                images, labels = _parse_pickled_batch(data, display, label_key)
+            else:
+                images, labels = _parse_binary_batch(data, display, label_bytes, label_index, label_desc)
+            check_label_range(labels, num_classes, display)
+            batches[name] = (images, labels)
 
     _read_files(source, [*layout.train, layout.test, meta_name], parse)
 
@@ -513,7 +471,7 @@ def read_cifar_raw(
         np.concatenate([b[0] for b in train]) if len(train) > 1 else np.ascontiguousarray(train[0][0])
     )
     train_labels = np.concatenate([b[1] for b in train])
-    test_images, test_labels, _ = batches[layout.test]
+    test_images, test_labels = batches[layout.test]
     return train_images, train_labels, np.ascontiguousarray(test_images), test_labels, classes[0]
 
 
@@ -537,20 +495,9 @@ def load_cifar(dataset: str, data_dir: str | os.PathLike[str], *, label_mode: st
     _check_label_mode(dataset, label_mode)
     source = locate_cifar(dataset, data_dir)
     train_x, train_y, test_x, test_y, classes = read_cifar_raw(source, label_mode)
-    mean, std = integer_channel_stats(train_x, CIFAR_MAX_VALUE)
     stem = dataset if label_mode == "fine" else f"{dataset}-coarse"
-
-    def make(x: np.ndarray, y: np.ndarray, split: str) -> ImageDataset:
-        return ImageDataset(
-            images=standardize(x, CIFAR_MAX_VALUE, mean, std),
-            labels=torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)),
-            classes=classes,
-            name=f"{stem}/{split}",
-            mean=mean,
-            std=std,
-        )
-
-    return Splits(train=make(train_x, train_y, "train"), test=make(test_x, test_y, "test"))
+    names = (f"{stem}/train", f"{stem}/test")
+    return standardized_splits((train_x, train_y), (test_x, test_y), CIFAR_MAX_VALUE, classes, names)
 
 
 def _check_label_mode(dataset: str, label_mode: str) -> None:

@@ -9,9 +9,8 @@ train split's statistics.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from .base import ImageDataset, Splits, integer_channel_stats, standardize
+from .base import Splits, standardized_splits
 
 __all__ = ["DIGITS_MAX_VALUE", "load_digits_splits", "raw_digits"]
 
@@ -67,17 +66,6 @@ def load_digits_splits(seed: int = 0) -> Splits:
     """
     images, labels = raw_digits()
     train_idx, test_idx = split_indices(labels, seed)
-    mean, std = integer_channel_stats(images[train_idx], DIGITS_MAX_VALUE)
     classes = tuple(str(k) for k in range(10))
-
-    def make(idx: np.ndarray, split: str) -> ImageDataset:
-        return ImageDataset(
-            images=standardize(images[idx], DIGITS_MAX_VALUE, mean, std),
-            labels=torch.from_numpy(labels[idx].copy()),
-            classes=classes,
-            name=f"digits/{split}",
-            mean=mean,
-            std=std,
-        )
-
-    return Splits(train=make(train_idx, "train"), test=make(test_idx, "test"))
+    return standardized_splits((images[train_idx], labels[train_idx]), (images[test_idx], labels[test_idx]),
+                               DIGITS_MAX_VALUE, classes, ("digits/train", "digits/test"))

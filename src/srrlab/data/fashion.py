@@ -29,16 +29,22 @@ import gzip
 import os
 import struct
 import warnings
-import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 
-from .base import DatasetError, ImageDataset, Splits, integer_channel_stats, standardize
+from .base import (
+    DECOMPRESS_ERRORS,
+    DatasetError,
+    Splits,
+    check_label_range,
+    existing_data_dir,
+    read_file,
+    standardized_splits,
+)
 
 if TYPE_CHECKING:  # importlib.resources.abc is Python >= 3.11
     from importlib.resources.abc import Traversable
@@ -184,26 +190,17 @@ def parse_idx(data: bytes, display: str, kind: Kind) -> np.ndarray:
         raise DatasetError(f"{display}: expected {items} after the header, found {found} bytes — {problem}")
     array = np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
     if kind == "labels":
-        bad = np.flatnonzero(array >= len(FASHION_CLASSES))
-        if bad.size:
-            i = int(bad[0])
-            raise DatasetError(
-                f"{display}: label {int(array[i])} of item {i} is outside [0, 9] (10 classes); "
-                f"{bad.size} label(s) out of range — the file is corrupt"
-            )
+        check_label_range(array, len(FASHION_CLASSES), display, item="item")
     return array
 
 
-def _read_bytes(location: Path | Traversable, display: str) -> bytes:
-    """The file's bytes, gunzipped when they start with the gzip magic."""
-    try:
-        data = location.read_bytes()
-    except OSError as exc:
-        raise DatasetError(f"{display}: cannot read the file ({exc})") from None
+def _read_bytes(location: Path | Traversable, display: str, missing: str | None = None) -> bytes:
+    """The file's bytes, gunzipped when they start with the gzip magic (``missing``: see :func:`read_file`)."""
+    data = read_file(location, display, missing)
     if data[:2] == _GZIP_MAGIC:
         try:
             data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
+        except DECOMPRESS_ERRORS as exc:
             raise DatasetError(
                 f"{display}: gzip data is truncated or corrupt ({exc}); expected a gzip-compressed IDX file"
             ) from None
@@ -213,9 +210,7 @@ def _read_bytes(location: Path | Traversable, display: str) -> bytes:
 def read_idx_file(path: str | os.PathLike[str], kind: Kind) -> np.ndarray:
     """Read one IDX file (gzip or raw) of Fashion-MNIST ``kind`` (see :func:`parse_idx`)."""
     path = Path(os.fspath(path))
-    if not path.is_file():
-        raise DatasetError(f"{path}: file not found; expected an IDX {kind} file")
-    return parse_idx(_read_bytes(path, str(path)), str(path), kind)
+    return parse_idx(_read_bytes(path, str(path), f"expected an IDX {kind} file"), str(path), kind)
 
 
 # ---------------------------------------------------------------------------
@@ -292,10 +287,8 @@ def locate_fashion_mnist(
     if subset == "embedded":
         return FashionSource(embedded_dir(), True)
     if data_dir is not None:
-        root = Path(os.fspath(data_dir)).expanduser()
         where = f"expected the Fashion-MNIST files {_EXPECTED} in this folder or in its {FASHION_SUBFOLDER}/ subfolder"
-        if not root.exists():
-            raise DatasetError(f"{root}: data directory does not exist; {where}")
+        root = existing_data_dir(data_dir, where)
         if not root.is_dir():
             raise DatasetError(f"{root}: not a folder; {where}")
         for folder in (root, root / FASHION_SUBFOLDER):
@@ -399,17 +392,6 @@ def load_fashion_mnist(data_dir: str | os.PathLike[str] | None = None, *, subset
     if train_per_class is not None:
         keep = first_per_class(train_y, train_per_class)
         train_x, train_y = train_x[keep], train_y[keep]
-    mean, std = integer_channel_stats(train_x, FASHION_MAX_VALUE)
-
-    def make(x: np.ndarray, y: np.ndarray, split: str) -> ImageDataset:
-        return ImageDataset(
-            images=standardize(x, FASHION_MAX_VALUE, mean, std),
-            labels=torch.from_numpy(y),
-            classes=FASHION_CLASSES,
-            name=f"fashion-mnist/{split} ({source.label}"
-                 + (f", first {train_per_class} per class)" if split == "train" and train_per_class else ")"),
-            mean=mean,
-            std=std,
-        )
-
-    return Splits(train=make(train_x, train_y, "train"), test=make(test_x, test_y, "test"))
+    kept = f", first {train_per_class} per class" if train_per_class else ""
+    names = (f"fashion-mnist/train ({source.label}{kept})", f"fashion-mnist/test ({source.label})")
+    return standardized_splits((train_x, train_y), (test_x, test_y), FASHION_MAX_VALUE, FASHION_CLASSES, names)

@@ -87,12 +87,13 @@ _ATTEMPTS = 10
 # Argument checks.
 
 
-def _check_images(name: str, images: object) -> torch.Tensor:
+def _check_images(name: str, images: object, floating: bool = True) -> torch.Tensor:
+    """A 4-D tensor (``floating``: of a floating-point dtype); shared with :func:`~srrlab.data.augment.augment`."""
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"{name}: images must be a torch.Tensor, got {type(images).__name__}")
     if images.dim() != 4:
         raise ValueError(f"{name}: images must have shape (n, C, H, W), got {tuple(images.shape)}")
-    if not images.is_floating_point():
+    if floating and not images.is_floating_point():
         raise TypeError(f"{name}: images must have a floating-point dtype, got {images.dtype}")
     return images
 
