@@ -34,7 +34,8 @@ head                G(B, C, d)                           2·G(B, C, d)
 
 [1] The patch projection's input is ``LayerNorm(patches)``, whose affine weights are trained, so
     its gradient is computed too: 2 products backward, not 1.
-[2] srrlab's compression step on CPU without attention dropout is ``_TiedAttention`` (q = k = v:
+[2] srrlab's compression step on CPU without attention dropout is ``_TiedAttention`` of
+    ``srrlab.models.kernels`` (q = k = v:
     ``∂w = Pᵀ∂O + τ(∂S + ∂Sᵀ)w`` with ``∂P = ∂O wᵀ``, 3 products backward), ``attention="tied"``.
     On CUDA it is SDPA's fused kernels (``"sdpa"``). With attention dropout active in training it
     is SDPA, which on CPU falls back to its math decomposition: 4 backward products as in the
@@ -46,7 +47,8 @@ head                G(B, C, d)                           2·G(B, C, d)
     ``linalg_cholesky`` (``Lᴴ·grad_L``: ``G(p, p, p)``); their triangular solves are not counted.
     Its projection ``Uᵀz`` is under attention_proj and its output product ``(·)U`` under output_op.
 [4] learned (``Linear(Kp, d)``), U (``s @ Uᵀ``), Ut (``s @ U``, ``Kp = d``), fixed (a buffer: no
-    weight gradient, 1 product backward), identity (no product: 0), gradient (``(·) @ Uᵀ``).
+    weight gradient, 1 product backward), identity (no product: 0), gradient (``(·) @ Uᵀ``). Read off the
+    variant's ``OutputOperator``: ``products`` (0 or 1) and ``trains_weight`` (2 or 1 backward).
 [5] srrlab's fused ISTA: ``A = I + β(Dᵀ − DᵀD)`` by one ``addmm`` (``G(d, d, d)``, 2 backward), then
     ``F.linear(y, A)``. The official code computes ``Dx``, ``Dᵀ(Dx)``, ``Dᵀx``: 3 products.
 
@@ -100,7 +102,7 @@ ATTENTION_BACKWARD = {"tied": 3, "sdpa": 5, "explicit": 4}
 
 def _attention_core(c: CRATEConfig, b: int, attention: str) -> tuple[int, int]:
     n, p, bk = c.num_tokens, c.dim_head, b * c.heads
-    if c.spec.output == "gradient":
+    if not c.spec.operator.attention:  # crate-g: the rate gradient, no softmax
         gram, tri = gemm(p, p, n, bk), gemm(p, p, p, bk)
         return gram, 3 * gram + 2 * tri
     scores = gemm(n, n, p, bk)  # w·wᵀ, and likewise attn·w
@@ -108,10 +110,9 @@ def _attention_core(c: CRATEConfig, b: int, attention: str) -> tuple[int, int]:
 
 
 def _output_op(c: CRATEConfig, b: int) -> tuple[int, int]:
-    out = c.spec.output
-    if out == "identity":
-        return 0, 0
-    return _linear(b * c.num_tokens, c.inner_dim, c.dim, grads=1 if out == "fixed" else 2)
+    op = c.spec.operator  # products: 0 (identity) or 1; a fixed (untrained) weight has no gradient
+    f, g = _linear(b * c.num_tokens, c.inner_dim, c.dim, grads=2 if op.trains_weight else 1)
+    return op.products * f, op.products * g
 
 
 def _ista(c: CRATEConfig, b: int, official: bool) -> tuple[int, int]:
@@ -150,7 +151,7 @@ def _resolve(model, official: bool | None) -> tuple[CRATEConfig, bool]:
 
 
 def _default_attention(model, cfg: CRATEConfig, official: bool) -> str:
-    """The attention path the model takes in a training step (as ``CompressionStep.heads_output``)."""
+    """The attention path the model takes in a training step (as ``srrlab.models.kernels.tied_attention``)."""
     if official:
         return "explicit"
     param = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None

@@ -144,22 +144,18 @@ def _compression(step: CompressionStep, z: torch.Tensor, bias_scale: float) -> t
     """The compression step with squared weights, uniform attention and its fixed factor at absolute value."""
     if not isinstance(step, CompressionStep):
         raise TypeError(f"path-norm: expected a CompressionStep, got {type(step).__name__}")
-    out = step.variant.output
+    op = step.operator
     u2 = _sq(step.qkv.weight)  # (K·p, d): (Uᵀ)∘(Uᵀ)
     # Uniform attention: every head's output at every token is the token mean of its values.
     s = (z @ u2.t()).mean(dim=1, keepdim=True).expand(-1, z.shape[1], -1)
-    if out == "learned":
-        update = _linear(step.to_out, s, bias_scale)
-    elif out == "U":
-        update = s @ u2
-    elif out == "Ut":
-        update = s @ u2.t()
-    elif out == "fixed":
-        update = s @ step.fixed_out.detach().double().abs().t()
-    elif out == "identity":
+    # The output operator S @ O + b: a trained O (and b) squared, a fixed one at absolute value.
+    matrix, bias = op.matrix(step), op.bias(step)
+    if matrix is None:  # the identity
         update = s
-    else:  # pragma: no cover - guarded by path_norm_log
-        raise ValueError(f"path-norm is not defined for output operator {out!r}")
+    else:
+        update = s @ (_sq(matrix) if op.trains_weight else matrix.detach().double().abs())
+    if bias is not None:
+        update = update + _sq(bias) * bias_scale
     factor = abs(step.variant.sign * step.alpha) * step.gamma(z.shape[1]) ** 2
     return factor * update
 
@@ -228,7 +224,7 @@ def path_norm_log(model: CRATE) -> float:
     if not isinstance(model, CRATE):
         raise TypeError(f"path-norm is defined for CRATE models, got {type(model).__name__}")
     cfg = model.config
-    if cfg.spec.output == "gradient":
+    if not cfg.spec.operator.attention:
         raise ValueError(f"path-norm is not defined for {cfg.variant}: its compression step "
                          f"(a matrix inverse) is not a composition of linear maps, ReLU and attention")
     ones = torch.ones(1, cfg.channels, cfg.image_size, cfg.image_size, dtype=torch.float64,

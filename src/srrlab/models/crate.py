@@ -6,9 +6,15 @@ A CRATE layer ℓ maps ``Z^{ℓ-1}`` to ``Z^ℓ`` in two unrolled optimisation s
 * sparsification, one ISTA step [HZX-3]:  ``Z^ℓ = ReLU(Y + β Dᵀ(Y − D Y) − β λ)`` (pre-norm: of ``LN₂(Y)``).
 
 The variants differ only in the sign ``s`` and the output operator ``O`` of the compression
-step (the table of docs/theory.md §3); :data:`VARIANTS` holds that table and :class:`CompressionStep` is the one
-module that implements all of them. ``crate-g`` replaces the softmax attention by one exact
-gradient-descent step on ``R^c`` in push-through form.
+step (the table of docs/theory.md §3); :data:`VARIANTS` holds that table, one :class:`Variant`
+row per variant with its :class:`OutputOperator`, and :class:`CompressionStep` is the one module
+that implements all of them by calling the row's operator. ``crate-g`` replaces the softmax
+attention by one exact gradient-descent step on ``R^c`` in push-through form. A new variant is
+one row of the table (and, if its ``O`` is new, one operator class).
+
+The file reads top-down: configuration, the table of variants, the layer, the model. How the
+attention and the ISTA step are computed (custom autograd, operator fusion) lives in
+:mod:`srrlab.models.kernels`.
 
 Shapes in code are row-major: a batch of token sets is ``(B, N, d)`` where docs/theory.md §1 writes
 ``Z ∈ R^{d×N}``. The tied projection ``qkv = Linear(d, K·p, bias=False)`` has weight ``Uᵀ``
@@ -23,12 +29,14 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .kernels import _TiedAttention, ista, ista_operator, tied_attention  # noqa: F401 (_TiedAttention: tests)
 
 __all__ = [
     "CRATEConfig",
     "Variant",
+    "OutputOperator",
     "VARIANTS",
     "CRATE",
     "CompressionStep",
@@ -38,48 +46,6 @@ __all__ = [
     "LAYERNORM_PROTOCOLS",
     "layernorm_protocol",
 ]
-
-
-# --------------------------------------------------------------------------------------
-# The table of variants (docs/theory.md §3)
-# --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Variant:
-    """One row of the variant table of docs/theory.md §3: how the compression step's output is formed.
-
-    ``output`` names the output operator ``O``:
-    ``"learned"`` (a ``Linear(Kp, d)`` with bias, independent of ``U``), ``"U"``, ``"Ut"``,
-    ``"fixed"`` (a random matrix stored as a buffer, never trained), ``"identity"``, or
-    ``"gradient"`` (``crate-g``: no attention, the exact gradient of ``R^c``).
-    """
-
-    name: str
-    sign: float
-    output: str
-    needs_square: bool  # requires d == K·p
-    reference: str
-    description: str
-
-
-VARIANTS: dict[str, Variant] = {
-    v.name: v
-    for v in (
-        Variant("crate", +1.0, "learned", False, "[HZX-2], official code",
-                "official CRATE: learned output projection W (d×Kp) with bias"),
-        Variant("crate-c", +1.0, "U", False, "[HZX-4], [HZX-8]",
-                "conceptual CRATE: output operator U (tied to the subspaces)"),
-        Variant("crate-n", -1.0, "U", False, "[HZX-9]",
-                "negative CRATE: the sign of crate-c flipped, a descent step"),
-        Variant("crate-t", +1.0, "Ut", True, "[HZX-10]",
-                "transpose CRATE: output operator Uᵀ (needs d = K·p)"),
-        Variant("crate-fix", +1.0, "fixed", False, "docs/theory.md §3",
-                "fixed random output operator, never trained"),
-        Variant("crate-identity", +1.0, "identity", True, "docs/theory.md §3",
-                "identity output operator (needs d = K·p)"),
-        Variant("crate-g", -1.0, "gradient", False, "docs/theory.md §3 (exact gradient, push-through form)",
-                "one exact gradient-descent step on R^c: Z − α∇R^c(Z)"),
-    )
-}
 
 
 # --------------------------------------------------------------------------------------
@@ -190,7 +156,7 @@ class CRATEConfig:
         if self.spec.needs_square and self.dim != self.inner_dim:
             raise ValueError(
                 f"{self.variant} needs dim == heads * dim_head (its output operator is "
-                f"{'Uᵀ' if self.spec.output == 'Ut' else 'the identity'}), got dim={self.dim}, "
+                f"{self.spec.operator.symbol}), got dim={self.dim}, "
                 f"heads={self.heads}, dim_head={self.dim_head}; set dim_head={self.dim // self.heads} "
                 f"or a dim divisible by heads"
             )
@@ -207,48 +173,216 @@ class CRATEConfig:
 
 
 # --------------------------------------------------------------------------------------
-# The two steps of a layer
+# The table of variants (docs/theory.md §3)
 # --------------------------------------------------------------------------------------
-class _TiedAttention(torch.autograd.Function):
-    """``softmax(w wᵀ·τ) w`` per head for tied ``q = k = v = w`` (``(..., N, p)``), with the
-    backward of the tied form.
+class OutputOperator:
+    """The output operator ``O`` of a variant's compression step: from the stacked heads
+    ``S = [SSA_1; …; SSA_K]`` (row form, ``(B, N, K·p)``) and the step's weights to the update
+    ``O(S)`` (``(B, N, d)``), before the factor ``s·α·γ²``.
 
-    With ``P = softmax(S)``, ``S = τ w wᵀ`` and ``O = P w``, the gradient is
-    ``∂w = Pᵀ ∂O + τ (∂S + ∂Sᵀ) w`` where ``∂S = P ⊙ (∂P − rowsum(∂P ⊙ P))`` and ``∂P = ∂O wᵀ``:
-    three batched products, against four for ``scaled_dot_product_attention`` with ``q``, ``k``
-    and ``v`` treated as different tensors (plus the recomputation of ``S``). Saves ``P`` (N×N per
-    head) instead of recomputing it; used on CPU without attention dropout (see
-    :meth:`CompressionStep.heads_output`). Once differentiable.
+    One instance per kind of operator; the attributes are what the rest of srrlab asks of it:
+
+    * ``name`` — the table's name of ``O`` (:attr:`Variant.output`), ``symbol`` — how messages write it;
+    * ``needs_square`` — it requires ``d == K·p``;
+    * ``attention`` — the update is built from the softmax heads (``False``: ``crate-g``, whose
+      update is the rate gradient and which carries no ``γ²``);
+    * ``products`` — matrix products ``(B·N × K·p)·(K·p × d)`` of one forward (0 or 1), and
+      ``trains_weight`` — whether that product's weight is trained (a gradient backward);
+    * :meth:`build` registers the parameters or buffers it owns on the step, :meth:`num_parameters`
+      counts its trainable ones; :meth:`matrix` / :meth:`bias` give ``O`` as ``S @ matrix + bias``.
     """
 
-    @staticmethod
-    def forward(ctx, w: torch.Tensor, scale: float) -> torch.Tensor:
-        w = w.contiguous()
-        attn = torch.softmax(torch.matmul(w, w.mT).mul_(scale), dim=-1)
-        ctx.save_for_backward(w, attn)
-        ctx.scale = scale
-        return torch.matmul(attn, w)
+    name: str = ""
+    symbol: str = ""
+    needs_square: bool = False
+    attention: bool = True
+    products: int = 1
+    trains_weight: bool = True
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        w, attn = ctx.saved_tensors
-        grad = grad.contiguous()
-        d_scores = torch._softmax_backward_data(torch.matmul(grad, w.mT), attn, -1, attn.dtype)
-        d_scores = d_scores + d_scores.mT
-        shape = w.shape
-        flat = (-1, *shape[-2:])
-        gw = torch.baddbmm(torch.matmul(attn.mT, grad).reshape(flat), d_scores.reshape(-1, shape[-2], shape[-2]),
-                           w.reshape(flat), alpha=ctx.scale)
-        return gw.view(shape), None
+    def build(self, step: CompressionStep, cfg: CRATEConfig) -> None:
+        """Register the parameters and buffers this operator owns on ``step`` (none by default)."""
+
+    def num_parameters(self, cfg: CRATEConfig) -> int:
+        """Trainable parameters this operator owns per layer (beyond ``U``)."""
+        return 0
+
+    def update(self, step: CompressionStep, z: torch.Tensor) -> torch.Tensor:
+        """The update ``O(SSA_1(z), …, SSA_K(z))`` of ``step`` on ``z`` (``(B, N, d)``), unscaled."""
+        return self.apply(step, step.heads_output(z))
+
+    def apply(self, step: CompressionStep, s: torch.Tensor) -> torch.Tensor:
+        """``O(S)`` for the stacked heads ``s`` (``(B, N, K·p)``)."""
+        raise NotImplementedError
+
+    def matrix(self, step: CompressionStep) -> torch.Tensor | None:
+        """``O`` in row form, a ``(K·p, d)`` matrix with ``apply(s) = s @ matrix (+ bias)``; ``None``: the identity."""
+        raise NotImplementedError
+
+    def bias(self, step: CompressionStep) -> torch.Tensor | None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def __eq__(self, other: object) -> bool:  # stateless: equal by kind (so Variant rows compare by value)
+        return type(self) is type(other)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
 
 
+class LearnedOutput(OutputOperator):
+    """``crate``: a learned ``W ∈ R^{d×Kp}`` with bias, independent of ``U`` (``to_out``)."""
+
+    name, symbol = "learned", "a learned W"
+
+    def build(self, step: CompressionStep, cfg: CRATEConfig) -> None:
+        step.to_out = nn.Linear(cfg.inner_dim, cfg.dim)
+
+    def num_parameters(self, cfg: CRATEConfig) -> int:
+        return cfg.inner_dim * cfg.dim + cfg.dim
+
+    def apply(self, step: CompressionStep, s: torch.Tensor) -> torch.Tensor:
+        return step.to_out(s)
+
+    def matrix(self, step: CompressionStep) -> torch.Tensor:
+        return step.to_out.weight.t()
+
+    def bias(self, step: CompressionStep) -> torch.Tensor | None:
+        return step.to_out.bias
+
+
+class SubspaceOutput(OutputOperator):
+    """``crate-c``, ``crate-n``: ``O = U``, tied to the subspaces: ``S @ Wq`` with ``Wq = Uᵀ`` the qkv weight."""
+
+    name, symbol = "U", "U"
+
+    def apply(self, step: CompressionStep, s: torch.Tensor) -> torch.Tensor:
+        return s @ step.qkv.weight
+
+    def matrix(self, step: CompressionStep) -> torch.Tensor:
+        return step.qkv.weight
+
+
+class TransposedOutput(OutputOperator):
+    """``crate-t``: ``O = Uᵀ`` (needs ``d = K·p``): ``S @ Wqᵀ``."""
+
+    name, symbol, needs_square = "Ut", "Uᵀ", True
+
+    def apply(self, step: CompressionStep, s: torch.Tensor) -> torch.Tensor:
+        return s @ step.qkv.weight.t()
+
+    def matrix(self, step: CompressionStep) -> torch.Tensor:
+        return step.qkv.weight.t()
+
+
+class FixedOutput(OutputOperator):
+    """``crate-fix``: a random ``M ∈ R^{d×Kp}`` drawn at construction with ``nn.Linear``'s default
+    scale and stored (and saved) as the buffer ``fixed_out``, so that it is never trained: ``S @ Mᵀ``."""
+
+    name, symbol, trains_weight = "fixed", "a fixed random matrix", False
+
+    def build(self, step: CompressionStep, cfg: CRATEConfig) -> None:
+        fixed = torch.empty(cfg.dim, cfg.inner_dim)
+        nn.init.kaiming_uniform_(fixed, a=math.sqrt(5))
+        step.register_buffer("fixed_out", fixed)
+
+    def apply(self, step: CompressionStep, s: torch.Tensor) -> torch.Tensor:
+        return s @ step.fixed_out.t()
+
+    def matrix(self, step: CompressionStep) -> torch.Tensor:
+        return step.fixed_out.t()
+
+
+class IdentityOutput(OutputOperator):
+    """``crate-identity``: ``O = I`` (needs ``d = K·p``): the stacked heads themselves."""
+
+    name, symbol, needs_square, products, trains_weight = "identity", "the identity", True, 0, False
+
+    def apply(self, step: CompressionStep, s: torch.Tensor) -> torch.Tensor:
+        return s
+
+    def matrix(self, step: CompressionStep) -> None:
+        return None
+
+
+class RateGradient(OutputOperator):
+    """``crate-g``: no attention; the update is the exact gradient ``∇_Z R^c(Z; U)`` in push-through
+    form (:func:`~srrlab.rate.compression_rate_gradient`), whose last product is ``(·) @ Uᵀ``."""
+
+    name, symbol, attention = "gradient", "∇R^c", False
+
+    def update(self, step: CompressionStep, z: torch.Tensor) -> torch.Tensor:
+        from ..rate.core import compression_rate_gradient  # not at the top: srrlab.rate imports this module
+
+        return compression_rate_gradient(z, step.qkv.weight, step.heads, step.gamma(z.shape[1]))
+
+    def apply(self, step: CompressionStep, s: torch.Tensor) -> torch.Tensor:
+        raise ValueError("crate-g's update is the rate gradient of Z, not a map of the attention heads")
+
+    def matrix(self, step: CompressionStep) -> torch.Tensor:
+        raise ValueError("crate-g's update is the rate gradient of Z, not a linear map of the attention heads")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the variant table of docs/theory.md §3: the sign ``s`` and the output operator
+    ``O`` of the compression step.
+
+    ``operator`` is the :class:`OutputOperator`; ``output`` its name:
+    ``"learned"`` (a ``Linear(Kp, d)`` with bias, independent of ``U``), ``"U"``, ``"Ut"``,
+    ``"fixed"`` (a random matrix stored as a buffer, never trained), ``"identity"``, or
+    ``"gradient"`` (``crate-g``: no attention, the exact gradient of ``R^c``).
+    """
+
+    name: str
+    sign: float
+    operator: OutputOperator
+    reference: str
+    description: str
+
+    @property
+    def output(self) -> str:
+        return self.operator.name
+
+    @property
+    def needs_square(self) -> bool:
+        """The variant requires ``d == K·p``."""
+        return self.operator.needs_square
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("crate", +1.0, LearnedOutput(), "[HZX-2], official code",
+                "official CRATE: learned output projection W (d×Kp) with bias"),
+        Variant("crate-c", +1.0, SubspaceOutput(), "[HZX-4], [HZX-8]",
+                "conceptual CRATE: output operator U (tied to the subspaces)"),
+        Variant("crate-n", -1.0, SubspaceOutput(), "[HZX-9]",
+                "negative CRATE: the sign of crate-c flipped, a descent step"),
+        Variant("crate-t", +1.0, TransposedOutput(), "[HZX-10]",
+                "transpose CRATE: output operator Uᵀ (needs d = K·p)"),
+        Variant("crate-fix", +1.0, FixedOutput(), "docs/theory.md §3",
+                "fixed random output operator, never trained"),
+        Variant("crate-identity", +1.0, IdentityOutput(), "docs/theory.md §3",
+                "identity output operator (needs d = K·p)"),
+        Variant("crate-g", -1.0, RateGradient(), "docs/theory.md §3 (exact gradient, push-through form)",
+                "one exact gradient-descent step on R^c: Z − α∇R^c(Z)"),
+    )
+}
+
+
+# --------------------------------------------------------------------------------------
+# The layer: its two steps
+# --------------------------------------------------------------------------------------
 class CompressionStep(nn.Module):
     """The compression (attention) step of every variant [HZX-2], without the skip connection.
 
     Returns ``s·α·γ²·O(SSA_1(Z), …, SSA_K(Z))`` for the softmax variants, with
     ``SSA_k(Z) = (U_kᵀZ) softmax((U_kᵀZ)ᵀ(U_kᵀZ)·τ)`` computed as tied ``q = k = v`` attention,
-    and ``−α ∇R^c(Z)`` for ``crate-g``. The layer adds the skip: ``Y = Z + step(LN₁(Z))``.
+    and ``−α ∇R^c(Z)`` for ``crate-g``. ``O`` is the variant's :class:`OutputOperator`
+    (``self.operator``), which owns any parameter beyond ``U`` (``to_out``, ``fixed_out``).
+    The layer adds the skip: ``Y = Z + step(LN₁(Z))``.
     """
 
     def __init__(self, cfg: CRATEConfig):
@@ -261,16 +395,13 @@ class CompressionStep(nn.Module):
         self.eps = cfg.eps
         self.attn_dropout = cfg.attention_dropout
         self.qkv = nn.Linear(cfg.dim, cfg.inner_dim, bias=False)  # weight = Uᵀ, (Kp, d)
-        out = self.variant.output
-        if out == "learned":
-            self.to_out = nn.Linear(cfg.inner_dim, cfg.dim)
-        elif out == "fixed":
-            # A random operator O ∈ R^{d×Kp} with nn.Linear's default scale, stored (and saved)
-            # as a buffer so that it is never trained.
-            fixed = torch.empty(cfg.dim, cfg.inner_dim)
-            nn.init.kaiming_uniform_(fixed, a=math.sqrt(5))
-            self.register_buffer("fixed_out", fixed)
+        self.operator.build(self, cfg)
         self.drop = nn.Dropout(cfg.dropout)
+
+    @property
+    def operator(self) -> OutputOperator:
+        """The output operator ``O`` of this step's variant."""
+        return self.variant.operator
 
     def gamma(self, num_tokens: int) -> float:
         """γ = p/(N ε²); 1 under the CRATE convention ``eps=None`` (docs/theory.md §2)."""
@@ -282,35 +413,13 @@ class CompressionStep(nn.Module):
         """The stacked heads ``[SSA_1; …; SSA_K]`` in row form, ``(B, N, K·p)``."""
         b, n, _ = z.shape
         w = self.qkv(z).view(b, n, self.heads, self.dim_head).transpose(1, 2)  # (B, K, N, p)
-        dropout = self.attn_dropout if self.training else 0.0
-        if z.device.type == "cpu" and dropout == 0.0:
-            # On CPU the tied form's backward (three products) beats SDPA's kernels: 0.6 vs 2.0 ms
-            # at the digits shape and 29 vs 38 ms at tiny (docs/performance.md).
-            out = _TiedAttention.apply(w, self.scale)
-        else:  # CUDA (flash / memory-efficient kernels), or attention dropout
-            out = F.scaled_dot_product_attention(w, w, w, dropout_p=dropout, scale=self.scale)
+        out = tied_attention(w, self.scale, self.attn_dropout if self.training else 0.0)
         return out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        out = self.variant.output
-        if out == "gradient":
-            from ..rate.core import compression_rate_gradient  # not at the top: srrlab.rate imports this module
-
-            update = compression_rate_gradient(z, self.qkv.weight, self.heads, self.gamma(z.shape[1]))
-        else:
-            s = self.heads_output(z)
-            if out == "learned":
-                update = self.to_out(s)
-            elif out == "U":
-                update = s @ self.qkv.weight
-            elif out == "Ut":
-                update = s @ self.qkv.weight.t()
-            elif out == "fixed":
-                update = s @ self.fixed_out.t()
-            else:  # identity
-                update = s
+        update = self.operator.update(self, z)
         factor = self.variant.sign * self.alpha
-        if out != "gradient":  # the factor αγ² of [HZX-2] (γ = 1 when eps is None)
+        if self.operator.attention:  # the factor αγ² of [HZX-2] (γ = 1 when eps is None)
             factor *= self.gamma(z.shape[1]) ** 2
         if factor != 1.0:
             update = factor * update
@@ -327,12 +436,9 @@ class ISTAStep(nn.Module):
     ``Z' = ReLU(Y + β Dᵀ(Y − D Y) − β λ)``.
 
     ``weight`` is the dictionary ``D`` (``(d, d)``), initialised as in the official code
-    (Kaiming-uniform). The step is linear in ``Y`` before the ReLU, so it is computed as one
-    product with the ``d×d`` operator ``A = I + β(Dᵀ − DᵀD)`` (:meth:`operator`):
-    ``Z' = ReLU(A Y − βλ)``, in row form ``ReLU(y @ Aᵀ − βλ)``. Forming ``A`` costs one ``d×d×d`` product; the
-    ``(B·N)×d×d`` products drop from three (official code) or two to one in the forward pass and
-    from six or four to two in the backward pass. The value and the gradients are those of the
-    unfused formula up to rounding (tests compare against it in float64).
+    (Kaiming-uniform). The step is linear in ``Y`` before the ReLU: ``Z' = ReLU(A Y − βλ)`` with
+    the ``d×d`` operator ``A = I + β(Dᵀ − DᵀD)`` (:meth:`operator`); it is computed in that form
+    (:func:`srrlab.models.kernels.ista`), which equals the formula above up to rounding.
     """
 
     def __init__(self, cfg: CRATEConfig):
@@ -345,14 +451,10 @@ class ISTAStep(nn.Module):
     def operator(self) -> torch.Tensor:
         """``A = I + β(Dᵀ − DᵀD)``, the ``(d, d)`` linear part of the step in column form:
         ``Z' = ReLU(A Y − βλ)`` [HZX-3]."""
-        d = self.weight
-        eye = torch.eye(d.shape[0], dtype=d.dtype, device=d.device)
-        return torch.addmm(torch.add(eye, d.t(), alpha=self.step), d.t(), d, alpha=-self.step)
+        return ista_operator(self.weight, self.step)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        # Row form: (A Y)ᵀ = y @ Aᵀ = F.linear(y, A); the shift −βλ rides in the GEMM's bias.
-        shift = torch.full((y.shape[-1],), -self.step * self.lambd, dtype=y.dtype, device=y.device)
-        return F.relu(F.linear(y, self.operator(), shift))
+        return ista(y, self.operator(), self.step, self.lambd)
 
 
 class LayerStates(NamedTuple):
@@ -361,40 +463,6 @@ class LayerStates(NamedTuple):
     z_in: torch.Tensor
     y: torch.Tensor
     z_out: torch.Tensor
-
-
-class LayerwiseOutput(NamedTuple):
-    """What :meth:`CRATE.forward_layers` returns: one :class:`LayerStates` per layer, and the logits."""
-
-    layers: list[LayerStates]
-    logits: torch.Tensor
-
-
-# --------------------------------------------------------------------------------------
-# Which LayerNorms an evaluation removes (docs/measures.md, "The evaluation protocol")
-# --------------------------------------------------------------------------------------
-#: LayerNorm removal protocols: the names of the LayerNorm modules each one replaces by the
-#: identity. ``"pre"``: the two pre-operator LayerNorms of every layer (before the compression
-#: step and before the ISTA step), as the paper's App. C prescribes for its measures; ``"all"``:
-#: every LayerNorm, patch embedding and head included; ``"none"``: the network as trained.
-LAYERNORM_PROTOCOLS: dict[str, frozenset[str]] = {
-    "pre": frozenset({"norm1", "norm2"}),
-    "all": frozenset({"norm1", "norm2", "patch_norm_in", "patch_norm_out", "head_norm"}),
-    "none": frozenset(),
-}
-
-
-def layernorm_protocol(layernorm: str | bool) -> str:
-    """The protocol name of ``layernorm``: one of :data:`LAYERNORM_PROTOCOLS`, or the boolean alias
-    of earlier releases (``True``: keep every LayerNorm = ``"none"`` removed; ``False``: ``"all"``)."""
-    if isinstance(layernorm, bool):
-        return "none" if layernorm else "all"
-    if layernorm not in LAYERNORM_PROTOCOLS:
-        raise ValueError(
-            f"layernorm must name the LayerNorms to remove, one of {', '.join(map(repr, LAYERNORM_PROTOCOLS))} "
-            f"(or True = keep all, False = remove all), got {layernorm!r}"
-        )
-    return layernorm
 
 
 def _norm(ln: nn.Module, x: torch.Tensor, name: str, removed: frozenset[str]) -> torch.Tensor:
@@ -420,6 +488,38 @@ class CRATELayer(nn.Module):
 # --------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------
+# Which LayerNorms an evaluation removes (docs/measures.md, "The evaluation protocol").
+#: LayerNorm removal protocols: the names of the LayerNorm modules each one replaces by the
+#: identity. ``"pre"``: the two pre-operator LayerNorms of every layer (before the compression
+#: step and before the ISTA step), as the paper's App. C prescribes for its measures; ``"all"``:
+#: every LayerNorm, patch embedding and head included; ``"none"``: the network as trained.
+LAYERNORM_PROTOCOLS: dict[str, frozenset[str]] = {
+    "pre": frozenset({"norm1", "norm2"}),
+    "all": frozenset({"norm1", "norm2", "patch_norm_in", "patch_norm_out", "head_norm"}),
+    "none": frozenset(),
+}
+
+
+def layernorm_protocol(layernorm: str | bool) -> str:
+    """The protocol name of ``layernorm``: one of :data:`LAYERNORM_PROTOCOLS`, or the boolean alias
+    of earlier releases (``True``: keep every LayerNorm = ``"none"`` removed; ``False``: ``"all"``)."""
+    if isinstance(layernorm, bool):
+        return "none" if layernorm else "all"
+    if layernorm not in LAYERNORM_PROTOCOLS:
+        raise ValueError(
+            f"layernorm must name the LayerNorms to remove, one of {', '.join(map(repr, LAYERNORM_PROTOCOLS))} "
+            f"(or True = keep all, False = remove all), got {layernorm!r}"
+        )
+    return layernorm
+
+
+class LayerwiseOutput(NamedTuple):
+    """What :meth:`CRATE.forward_layers` returns: one :class:`LayerStates` per layer, and the logits."""
+
+    layers: list[LayerStates]
+    logits: torch.Tensor
+
+
 class CRATE(nn.Module):
     """A CRATE vision model of any variant (docs/theory.md §3), laid out as the official code.
 

@@ -92,7 +92,6 @@ def count_parameters(cfg: CRATEConfig) -> int:
     d, kp, pd = cfg.dim, cfg.inner_dim, cfg.patch_dim
     embed = 2 * pd + pd * d + d + 2 * d + d + cfg.num_tokens * d  # LN, Linear, LN, cls, pos
     per_layer = (2 * d if cfg.prenorm else 0) * 2 + kp * d + d * d  # 2 LNs, U, D
-    if cfg.spec.output == "learned":
-        per_layer += kp * d + d
+    per_layer += cfg.spec.operator.num_parameters(cfg)  # e.g. crate's learned output projection
     head = 2 * d + d * cfg.num_classes + cfg.num_classes
     return embed + cfg.depth * per_layer + head
