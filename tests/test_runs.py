@@ -75,7 +75,7 @@ def test_records_round_trip(tmp_path):
 
 
 def test_tidy_row_names_every_column_once():
-    row = tidy_row({"model": "crate-c-digits", "lr": 0.1}, {"status": "converged", "gap_ce": 0.5, "extra": 1},
+    row = tidy_row({"model": "crate-c-digits", "lr": 0.1, "device": "cpu"}, {"status": "converged", "gap_ce": 0.5, "extra": 1},
                    {"b": 2.0, "a": 1.0}, measure_names=["a", "b", "c"], run="r1")
     assert list(row) == (["run", "hp.model", "hp.lr", "hp.variant"] + [f"gen.{k}" for k in GEN_KEYS + RECORD_KEYS]
                          + ["measure.a", "measure.b", "measure.c"])

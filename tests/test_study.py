@@ -92,6 +92,11 @@ def test_presets():
     assert alt.dataset == "fashion-mnist" and alt.grid == demo.grid and alt.fixed["target_ce"] == demo.fixed["target_ce"]
     # [report] options change no run: the fingerprint ignores them
     assert StudySpec.from_toml(TINY + "\n[report]\nby = [\"lr\"]\n").fingerprint() == StudySpec.from_toml(TINY).fingerprint()
+    # so do execution settings (where and how a run executes), but not hyperparameters
+    base = StudySpec.from_toml(TINY).fingerprint()
+    moved = TINY.replace("[fixed]\n", "[fixed]\ndevice = \"cpu\"\neval_batch_size = 64\ncompile = false\n")
+    assert moved != TINY and StudySpec.from_toml(moved).fingerprint() == base
+    assert StudySpec.from_toml(TINY.replace("[fixed]\n", "[fixed]\nweight_decay = 0.1\n")).fingerprint() != base
 
 
 @pytest.mark.parametrize("edit, match", [
@@ -218,6 +223,19 @@ def _close_enough(a: pd.DataFrame, b: pd.DataFrame) -> None:
     assert list(a["status"]) == list(b["status"])
     num = [c for c in a.columns if c not in ("id", "status")]
     pd.testing.assert_frame_equal(a[num], b[num], rtol=1e-3, atol=1e-5, check_dtype=False)
+
+
+def test_execution_settings_change_continues_the_study(tmp_path):
+    """A spec that differs only in execution settings continues the study (nothing retrained) and
+    its settings are the ones stored from then on."""
+    from srrlab.study import StudyStore
+
+    first = run_study(StudySpec.from_toml(TINY), tmp_path / "s", progress=False)
+    moved = TINY.replace("[fixed]\n", "[fixed]\neval_batch_size = 64\n")
+    again = run_study(StudySpec.from_toml(moved), tmp_path / "s", progress=False)
+    pd.testing.assert_frame_equal(first, again)  # same runs, same numbers: nothing was retrained
+    with StudyStore(tmp_path / "s") as store:
+        assert store.spec().fixed["eval_batch_size"] == 64
 
 
 def test_dask_local_cluster_two_workers(reference, tiny_spec, tmp_path):

@@ -3,7 +3,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["check_keys", "is_none", "NONE_WORDS"]
+__all__ = ["check_keys", "is_none", "NONE_WORDS", "EXECUTION_SETTINGS"]
+
+#: TrainConfig fields that say how a run executes, not what it computes (its numbers are equal up to
+#: floating-point reassociation): they are not hyperparameters (no ``hp.*`` column) and a study's
+#: fingerprint ignores them, so a study can be continued on another device or batch size for evaluation.
+EXECUTION_SETTINGS = ("device", "compile", "eval_batch_size")
 
 #: How "no value" is written wherever a value is text (command-line flags, ``--set``, TOML, which has
 #: no null): any of these, in any case, unsets an optional setting.

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .io import read_json, read_jsonl, save_weights, write_json, write_jsonl
+from .options import EXECUTION_SETTINGS
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -74,11 +75,12 @@ def tidy_row(hp: Mapping[str, Any], summary: Mapping[str, Any] | None = None,
              measures: Mapping[str, Any] | None = None, *, measure_names: Iterable[str] | None = None,
              **identity: Any) -> dict[str, Any]:
     """One row of a tidy table: ``identity`` columns as given (``run``, ``id``, ``status``, …), then
-    ``hp.*`` (with ``hp.variant`` from ``hp["model"]``), ``gen.*`` (:data:`GEN_KEYS` and
+    ``hp.*`` (with ``hp.variant`` from ``hp["model"]``; execution settings such as ``device`` are not
+    hyperparameters and are left out), ``gen.*`` (:data:`GEN_KEYS` and
     :data:`RECORD_KEYS` from the summary; missing ones are None) and ``measure.*`` (in the order of
     ``measure_names``, default the order of ``measures``)."""
     row: dict[str, Any] = dict(identity)
-    row.update({f"hp.{k}": v for k, v in hp.items()})
+    row.update({f"hp.{k}": v for k, v in hp.items() if k not in EXECUTION_SETTINGS})
     if "model" in hp:
         row["hp.variant"] = variant_of(hp["model"])
     summary = summary or {}

@@ -21,7 +21,7 @@ else:  # pragma: no cover
 from ..data import DATASETS
 from ..measures import MEASURES, MeasureSettings
 from ..models import SIZES, VARIANTS, CRATEConfig
-from ..options import check_keys, is_none
+from ..options import EXECUTION_SETTINGS, check_keys, is_none
 from ..train import TrainConfig
 
 __all__ = ["StudySpec", "SpecError", "PRESETS", "load_spec", "point_id", "group_label", "preset_names"]
@@ -251,10 +251,13 @@ class StudySpec:
         return cfg
 
     def fingerprint(self) -> str:
-        """Hash of everything but the grid's values and the ``[report]`` options (they change no run):
-        equal fingerprints may differ only by added grid points and how they are reported."""
+        """Hash of everything but the grid's values, the ``[report]`` options and the fixed execution
+        settings (:data:`srrlab.options.EXECUTION_SETTINGS`: device, compile, eval_batch_size),
+        none of which changes what a run computes: equal fingerprints may differ only by added grid
+        points, how they are reported and where they run. Grid point ids hash the point alone."""
         d = self.to_dict()
         d["grid"] = sorted(d["grid"])
+        d["fixed"] = {k: v for k, v in d["fixed"].items() if k not in EXECUTION_SETTINGS}
         for key in ("source", "report_by", "include_not_converged"):
             d.pop(key, None)
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()

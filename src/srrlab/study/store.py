@@ -94,6 +94,10 @@ class StudyStore:
                 raise SpecError(f"the spec adds {len(new)} grid point(s) to the study in {self.dir}; "
                                 "pass --extend to add them")
             if not new:
+                if spec.source and spec.source != stored.source:
+                    # only [report] options or execution settings differ: the newest spec's apply
+                    with self.db:
+                        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('spec', ?)", (spec.source,))
                 return []
         else:
             new = spec.points()

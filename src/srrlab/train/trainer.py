@@ -36,10 +36,11 @@ from .. import __version__
 from ..data import ImageDataset, Splits, augment, load_dataset, rand_augment, random_resized_crop
 from ..io import atomic_write, load_weights, read_json, save_weights, write_json
 from ..models import CRATE, model_config, parse_model_name
-from ..options import check_keys
+from ..options import EXECUTION_SETTINGS, check_keys
 from ..runs import RUN_STATUSES, RunFolder
 
 __all__ = ["TrainConfig", "RunResult", "train", "resume", "load_run", "read_layerwise", "select_device", "STATUSES",
+           "EXECUTION_SETTINGS",
            "AUGMENTATIONS"]
 
 #: States of a run (:data:`srrlab.runs.RUN_STATUSES`).
