@@ -962,3 +962,14 @@ def test_wrong_input_shape(shape):
     model = create_model("crate-c-digits")
     with pytest.raises(ValueError, match=r"\(B, 1, 8, 8\)"):
         model(torch.randn(*shape))
+
+
+def test_every_variant_row_carries_its_operator_object():
+    from srrlab.models import VARIANTS, OutputOperator
+
+    for name, v in VARIANTS.items():
+        assert isinstance(v.operator, OutputOperator), name
+        # the operator answers what other modules used to dispatch on names for
+        assert v.needs_square == v.operator.needs_square and v.output == v.operator.name
+    assert [n for n, v in VARIANTS.items() if not v.operator.attention] == ["crate-g"]
+    assert [n for n, v in VARIANTS.items() if v.operator.needs_square] == ["crate-t", "crate-identity"]

@@ -8,6 +8,7 @@ from .crate import (
     ISTAStep,
     LayerStates,
     LayerwiseOutput,
+    OutputOperator,
     Variant,
     layernorm_protocol,
 )
@@ -17,6 +18,6 @@ from ..rate import compression_rate_gradient  # the crate-g update; after .crate
 
 __all__ = [
     "CRATE", "CRATEConfig", "LAYERNORM_PROTOCOLS", "CompressionStep", "ISTAStep", "LayerStates", "LayerwiseOutput",
-    "SIZES", "VARIANTS", "Variant", "compression_rate_gradient", "count_parameters", "layernorm_protocol", "create_model",
+    "OutputOperator", "SIZES", "VARIANTS", "Variant", "compression_rate_gradient", "count_parameters", "layernorm_protocol", "create_model",
     "list_models", "load_official_crate", "model_config", "parse_model_name", "read_state_dict",
 ]
