@@ -415,7 +415,7 @@ def test_compression_rate_gradient_equals_autograd(heads, p, gamma):
 def test_tied_attention_function_values_and_gradients(shape, scale):
     """The tied-attention autograd function: gradcheck in fp64, and the values and gradients of
     scaled_dot_product_attention with q = k = v (which differentiates q, k, v separately)."""
-    from srrlab.models.crate import _TiedAttention
+    from srrlab.models.kernels import _TiedAttention
 
     g = torch.Generator().manual_seed(1)
     w = torch.randn(*shape, generator=g, dtype=F64, requires_grad=True)

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .io import read_json, read_jsonl, save_weights, write_json, write_jsonl
+from .io import load_weights, read_json, read_jsonl, save_weights, write_json, write_jsonl
 from .options import EXECUTION_SETTINGS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -180,7 +180,6 @@ class RunFolder:
 
     def load_model(self, which: str = "final", device: str | torch.device = "cpu") -> CRATE:
         """The run's model with its ``"final"`` or ``"init"`` weights."""
-        from .io import load_weights
         from .models import create_model
 
         path = self.weights_path(which)

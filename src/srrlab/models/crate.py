@@ -31,7 +31,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .kernels import _TiedAttention, ista, ista_operator, tied_attention  # noqa: F401 (_TiedAttention: tests)
+from .kernels import ista, ista_operator, tied_attention
 
 __all__ = [
     "CRATEConfig",
