@@ -48,7 +48,7 @@ def check_same_outputs(size: str, batch: int = 8) -> dict[str, float]:
         F.cross_entropy(a, y).backward()
         F.cross_entropy(b, y).backward()
         ga = torch.cat([p.grad.flatten() for p in ours.parameters()])
-        gb = torch.cat([ref.state_dict(keep_vars=True)[k].grad.flatten() for k in _ref_keys(ours)])
+        gb = torch.cat([ref.state_dict(keep_vars=True)[k].grad.flatten() for k in ref_keys(ours)])
         out[f"logits_rel_{name}"] = ((a - b).abs().max() / a.abs().max()).item()
         out[f"grads_rel_{name}"] = ((ga - gb).abs().max() / ga.abs().max()).item()
     if out["logits_rel_fp64"] > 1e-10 or out["grads_rel_fp64"] > 1e-10:
@@ -56,7 +56,7 @@ def check_same_outputs(size: str, batch: int = 8) -> dict[str, float]:
     return out
 
 
-def _ref_keys(ours) -> list[str]:
+def ref_keys(ours) -> list[str]:
     """The reference's parameter names in the order of ``ours.parameters()``."""
     keys = []
     for name, _ in ours.named_parameters():

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from official_crate import from_srrlab  # benchmarks/ is on the test path (pyproject: pythonpath)
 from study_throughput import study_throughput
-from vs_official import _ref_keys, check_same_outputs
+from vs_official import ref_keys, check_same_outputs
 
 import srrlab
 
@@ -31,7 +31,7 @@ def test_official_reference_matches_crate_in_fp64(dropout):
     F.cross_entropy(a, y).backward()
     F.cross_entropy(b, y).backward()
     params = ref.state_dict(keep_vars=True)
-    for (name, p), key in zip(ours.named_parameters(), _ref_keys(ours)):
+    for (name, p), key in zip(ours.named_parameters(), ref_keys(ours)):
         torch.testing.assert_close(p.grad, params[key].grad, rtol=1e-10, atol=1e-12, msg=name)
 
 

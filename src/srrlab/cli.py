@@ -40,12 +40,6 @@ def _key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
     return out
 
 
-def _optional_float(text: str) -> float | None:
-    from .options import is_none
-
-    return None if is_none(text) else float(text)
-
-
 # -- models -----------------------------------------------------------------------------
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import list_models
@@ -65,18 +59,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 # -- train ------------------------------------------------------------------------------
-_TRAIN_FLAGS = {  # flag -> TrainConfig field
-    "model": "model", "dataset": "dataset", "data_dir": "data_dir", "data_seed": "data_seed",
-    "optimizer": "optimizer", "lr": "lr", "weight_decay": "weight_decay", "schedule": "schedule",
-    "warmup_epochs": "warmup_epochs", "batch_size": "batch_size", "epochs": "epochs", "target_ce": "target_ce",
-    "seed": "seed", "device": "device", "eval_batch_size": "eval_batch_size",
-    "srr_every": "srr_every", "srr_images": "srr_images", "srr_eps": "srr_eps", "srr_lam": "srr_lam",
-    "srr_layernorm": "srr_layernorm", "srr_sparsity": "srr_sparsity", "srr_rate": "srr_rate",
-    "srr_reg": "srr_reg", "srr_layers": "srr_layers", "srr_l1": "srr_l1",
-    "randaugment_ops": "randaugment_ops", "randaugment_magnitude": "randaugment_magnitude",
-}
-
-
 def _print_result(result, as_json: bool) -> None:
     summary = result.summary
     if as_json:
@@ -92,8 +74,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, resume, train
 
     if args.resume:
-        given = [f for f in _TRAIN_FLAGS if f in vars(args)] + (["set"] if args.set else []) \
-            + (["augment"] if args.augment else []) + (["compile"] if args.compile else [])
+        given = [f for f in args.config_fields if f in vars(args)] + (["set"] if args.set else []) \
+            + (["data_option"] if args.data_option else [])
         if given or args.out:
             raise ValueError(
                 "--resume continues a run with its saved configuration; do not combine it with "
@@ -101,16 +83,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         result = resume(args.resume, quiet=args.quiet)
     else:
-        options = {field: getattr(args, flag) for flag, field in _TRAIN_FLAGS.items() if flag in vars(args)}
+        from .models import CRATEConfig
+        from .options import parse_assignments
+
+        options = {name: getattr(args, name) for name in args.config_fields if name in vars(args)}
         if options.get("data_dir") is None and os.environ.get("SRRLAB_DATA"):
             options["data_dir"] = os.environ["SRRLAB_DATA"]
-        if args.augment:
-            options["augment"] = args.augment
-        if args.amp:
-            options["amp"] = True
-        if args.compile:
-            options["compile"] = True
-        options["model_options"] = _key_values(args.set, "--set")
+        options["model_options"] = parse_assignments(args.set, CRATEConfig, "--set", "model option",
+                                                     exclude=["variant"])
         options["data_options"] = _key_values(args.data_option, "--data-option")
         cfg = TrainConfig(**options)
         out = args.out or os.path.join("runs", f"{cfg.model}-{cfg.dataset}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -130,7 +110,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
         return 0
     if not args.runs:
         raise ValueError("give one or more RUN_DIRs (or --list to see the measures)")
-    settings = MeasureSettings.from_dict(_key_values(args.set, "--set"))
+    from .options import parse_assignments
+
+    settings = MeasureSettings(**parse_assignments(args.set, MeasureSettings, "--set", "measure setting"))
     table = measure_runs(args.runs, args.measures, settings, progress=not args.quiet and sys.stderr.isatty())
     out = Path(args.out or "measures.csv")
     from .io import atomic_write
@@ -311,11 +293,10 @@ def _run_options(q: argparse.ArgumentParser, what: str, kind: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .data import DATASETS
     from .models import SIZES, VARIANTS
-    from .train import AUGMENTATIONS, TrainConfig
+    from .options import add_flags
+    from .train import TrainConfig
 
-    defaults = TrainConfig()
     parser = argparse.ArgumentParser(prog="srrlab", description="Sparse Rate Reduction in CRATE-like models.")
     parser.add_argument("--version", action="version", version=f"srrlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -330,53 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one model; writes a resumable run folder",
                        description="Train one model. Unset options take the TrainConfig defaults shown.",
                        argument_default=argparse.SUPPRESS)
-    p.add_argument("--model", help=f"<variant>-<size> (default {defaults.model}); see `srrlab models`")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
-                   help="override a model config field, e.g. --set dim=128 --set dropout=0.1 (repeatable)")
-    p.add_argument("--dataset", choices=list(DATASETS), help=f"default {defaults.dataset}")
-    p.add_argument("--data-dir", help="folder with the CIFAR archives (default: $SRRLAB_DATA)")
-    p.add_argument("--data-seed", type=int, help=f"split seed of digits (default {defaults.data_seed})")
-    p.add_argument("--data-option", action="append", metavar="KEY=VALUE", default=[], help="dataset option (e.g. synthetic sizes)")
-    p.add_argument("--augment", nargs="?", const="crop-flip", default=None, choices=list(AUGMENTATIONS),
-                   help="crop-flip (the default when given alone): random crop with padding + horizontal flip; "
-                        "randaugment: random resized crop + flip + RandAugment(N, M); none")
-    p.add_argument("--randaugment-ops", type=int, help=f"N of RandAugment(N, M) (default {defaults.randaugment_ops})")
-    p.add_argument("--randaugment-magnitude", type=int,
-                   help=f"M of RandAugment(N, M), 0..30 (default {defaults.randaugment_magnitude})")
-    p.add_argument("--optimizer", choices=["adam", "adamw"], help=f"default {defaults.optimizer}")
-    p.add_argument("--lr", type=float, help=f"peak learning rate (default {defaults.lr})")
-    p.add_argument("--weight-decay", type=float, help=f"default {defaults.weight_decay}")
-    p.add_argument("--schedule", choices=["cosine", "constant"], help=f"default {defaults.schedule}")
-    p.add_argument("--warmup-epochs", type=float, help=f"linear warm-up (default {defaults.warmup_epochs})")
-    p.add_argument("--batch-size", type=int, help=f"default {defaults.batch_size}")
-    p.add_argument("--epochs", type=int, help=f"epoch limit (default {defaults.epochs})")
-    p.add_argument("--target-ce", type=_optional_float,
-                   help=f"stop when the full-train-set cross-entropy reaches it; 'none' to disable (default {defaults.target_ce})")
-    p.add_argument("--seed", type=int, help=f"default {defaults.seed}")
-    p.add_argument("--device", help="auto (CUDA if available), cpu, cuda, cuda:N (default auto)")
-    p.add_argument("--amp", action="store_true", default=False, help="bf16 autocast (CUDA only)")
-    p.add_argument("--compile", action="store_true", default=False,
-                   help="torch.compile the training forward (opt-in; compilation takes ~30 s on first use; "
-                        "see docs/performance.md)")
-    p.add_argument("--eval-batch-size", type=int, help=f"default {defaults.eval_batch_size}")
-    p.add_argument("--srr-every", type=int, metavar="E",
-                   help="record the per-layer SRR table (train set, protocols of --srr-layernorm) at init and "
-                        "every E epochs")
-    p.add_argument("--srr-layernorm", metavar="PROTOCOLS",
-                   help=f"LayerNorms removed for the recording: pre, all, none, or several comma-separated "
-                        f"(default {defaults.srr_layernorm}: both, side by side in `srrlab layerwise`)")
-    p.add_argument("--srr-sparsity", choices=["count", "fraction"],
-                   help=f"‖Z‖₀ as a count or a fraction (default {defaults.srr_sparsity})")
-    p.add_argument("--srr-rate", choices=["gamma1", "unit"],
-                   help=f"rate convention: gamma1 (ε² = p/N) or unit (unit-norm tokens, ε² = 0.01) "
-                        f"(default {defaults.srr_rate})")
-    p.add_argument("--srr-images", type=int, help=f"training images SRR is averaged over (default {defaults.srr_images})")
-    p.add_argument("--srr-eps", type=_optional_float, help="ε of the rates (default: the rate convention's)")
-    p.add_argument("--srr-lam", type=float, help=f"λ of μ = λ‖Z‖₀ + R^c − R (default {defaults.srr_lam})")
-    p.add_argument("--srr-reg", type=float, metavar="ETA",
-                   help="add η·mean over the selected layers of μ^ℓ(layer(StopGrad(Z^{ℓ-1}))) to the loss (docs/theory.md §7)")
-    p.add_argument("--srr-layers", help="regularised layers: last (default), all, random, or 1-based indices 1,6,12")
-    p.add_argument("--srr-l1", type=float, metavar="W", help="add W·‖Z^ℓ‖₁, a trainable surrogate of ‖Z‖₀ (default 0)")
+                   help="override a model config field, e.g. --set dim=128 --set dropout=0.1 (repeatable; "
+                        "fields: docs/models.md)")
+    p.add_argument("--data-option", action="append", metavar="KEY=VALUE", default=[],
+                   help="dataset option, e.g. --data-option train_per_class=100 (repeatable; docs/data.md)")
+    p.set_defaults(config_fields=add_flags(p, TrainConfig))  # one flag per TrainConfig field, its help
     p.add_argument("--out", default=None, help="run folder (default runs/<model>-<dataset>-seed<seed>-<time>)")
     p.add_argument("--resume", metavar="DIR", default=None, help="continue the interrupted run in DIR")
     p.add_argument("--quiet", action="store_true", default=False, help="no progress bar")

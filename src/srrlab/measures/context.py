@@ -15,8 +15,9 @@ from torch import nn
 
 from ..models import CRATE
 from ..models.crate import ISTAStep
-from ..options import check_keys
+from ..options import check_keys, check_types
 from ..rate import SRRMeasurement, SRRProtocol, measure_srr
+from ..rate.protocol import srr_option
 
 __all__ = ["MeasureSettings", "MeasureContext", "WeightMatrix", "weight_matrices", "NETWORKS"]
 
@@ -56,12 +57,12 @@ class MeasureSettings:
     batch_size: int = 500
     margin_percentile: float = 10.0
     min_margin_samples: int = 10
-    srr_images: int | None = 500
-    srr_eps: float | None = None
-    srr_lam: float = 0.1
-    layernorm: str = "pre"
-    sparsity: str = "count"
-    rate: str = "gamma1"
+    srr_images: int | None = srr_option("srr_images")  # shared with TrainConfig: rate.protocol.SRR_SETTINGS
+    srr_eps: float | None = srr_option("srr_eps")
+    srr_lam: float = srr_option("srr_lam")
+    layernorm: str | bool | None = "pre"  # None / True / False: aliases, normalised to a name
+    sparsity: str = srr_option("sparsity")
+    rate: str = srr_option("rate")
     network: str = "trained"
     target_deviation: float = 0.1
     search_tolerance: float = 0.01
@@ -75,6 +76,7 @@ class MeasureSettings:
     magnitude_eps: float = 1e-3
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.max_images is not None and self.max_images < 1:
             raise ValueError(f"max_images must be a positive integer or None, got {self.max_images!r}")
         if not 0 < self.margin_percentile < 100:

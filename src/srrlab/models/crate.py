@@ -31,6 +31,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..options import check_types
 from .kernels import ista, ista_operator, tied_attention
 
 __all__ = [
@@ -91,6 +92,7 @@ class CRATEConfig:
     pool: str = "cls"
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.dim_head is None and self.heads > 0:
             self.dim_head = self.dim // self.heads
         self.validate()

@@ -35,8 +35,10 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..data import ImageDataset, Splits, augment, load_dataset, rand_augment, random_resized_crop
 from ..io import atomic_write, load_weights, read_json, save_weights, write_json
-from ..models import CRATE, model_config, parse_model_name
-from ..options import EXECUTION_SETTINGS, check_keys
+from ..models import CRATE, model_config
+from ..data import DATASETS
+from ..options import EXECUTION_SETTINGS, check_keys, check_types, option
+from ..rate.protocol import srr_option
 from ..runs import RUN_STATUSES, RunFolder
 
 __all__ = ["TrainConfig", "RunResult", "train", "resume", "load_run", "read_layerwise", "select_device", "STATUSES",
@@ -53,55 +55,68 @@ AUGMENTATIONS = ("none", "crop-flip", "randaugment")
 class TrainConfig:
     """Everything that defines a training run. Saved as ``config.json`` in the run folder."""
 
-    model: str = "crate-t-digits"
-    model_options: dict[str, Any] = field(default_factory=dict)  # CRATEConfig overrides
-    dataset: str = "digits"
-    data_dir: str | None = None
-    data_seed: int = 0  # split seed (digits) / generation seed (synthetic)
-    data_options: dict[str, Any] = field(default_factory=dict)
-    # "none" | "crop-flip": random crop (padding 4 for 32×32, 1 for 8×8) + horizontal flip |
-    # "randaugment": random resized crop + horizontal flip + RandAugment(ops, magnitude) (docs/theory.md §7).
+    # Each field's help text is the `srrlab train --<field>` help (srrlab.options.add_flags).
+    model: str = option("crate-t-digits", help="<variant>-<size>; see `srrlab models`")
+    model_options: dict[str, Any] = option(default_factory=dict, flag=False,
+                                           help="CRATEConfig overrides (`srrlab train --set KEY=VALUE`)")
+    dataset: str = option("digits", help="the dataset", choices=tuple(DATASETS))
+    data_dir: str | None = option(None, help="folder with the dataset's files (default: $SRRLAB_DATA, then the "
+                                             "dataset's own search; see docs/data.md)")
+    data_seed: int = option(0, help="split seed (digits) / generation seed (synthetic)")
+    data_options: dict[str, Any] = option(default_factory=dict, flag=False,
+                                          help="dataset options (`srrlab train --data-option KEY=VALUE`)")
     # True/False are accepted for "crop-flip"/"none".
-    augment: str | bool = "none"
-    randaugment_ops: int = 2  # N of RandAugment(N, M)
-    randaugment_magnitude: int = 14  # M of RandAugment(N, M), in 0..30
-    optimizer: str = "adam"  # "adam" | "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    schedule: str = "cosine"  # "cosine" | "constant"
-    warmup_epochs: float = 0.0
-    batch_size: int = 64
-    epochs: int = 50
-    target_ce: float | None = 0.01  # stop when the full-train-set cross-entropy reaches it
-    seed: int = 0
-    device: str = "auto"  # "auto" (CUDA if available, else CPU), "cpu", "cuda", "cuda:1", …
-    amp: bool = False  # bf16 autocast, CUDA only
-    # torch.compile (inductor, dynamic=False) the training forward; ``model``, checkpoints, evaluation
-    # and measures stay on the plain module. Opt-in: compilation costs time at the start of a run.
-    compile: bool = False
-    eval_batch_size: int = 500
-    srr_every: int = 0  # record the per-layer SRR table at init and every E epochs (0: never)
-    srr_images: int | None = 500  # training images it is averaged over (fixed subset)
-    # Evaluation protocol(s) of the recorded tables (docs/measures.md): the LayerNorms removed, one
-    # or several comma-separated ("pre,none": both, as the layer-wise figure draws them; the first
-    # one is the epoch's logged `srr`), the sparsity form and the rate convention.
-    srr_layernorm: str = "pre,none"
-    srr_sparsity: str = "count"
-    srr_rate: str = "gamma1"
-    srr_eps: float | None = None  # ε of the rates; None: the rate convention's (gamma1: ε² = p/N)
-    srr_lam: float = 0.1  # λ of μ = λ‖Z‖₀ + R^c − R (measure and regulariser)
-    srr_reg: float = 0.0  # η of the SRR regulariser (docs/theory.md §7); 0: plain cross-entropy training
-    srr_layers: str = "last"  # regularised layers: last | all | random | 1-based indices "i,j,…"
-    srr_l1: float = 0.0  # weight of the ℓ1 surrogate of ‖Z‖₀ in the regulariser
+    augment: str | bool = option("none", nargs="?", const="crop-flip", choices=AUGMENTATIONS,
+                                 help="crop-flip (the value when the flag is given alone): random crop with "
+                                      "padding (4 for 32×32, 1 for 8×8) + horizontal flip; randaugment: random "
+                                      "resized crop + flip + RandAugment(N, M) (docs/theory.md §7)")
+    randaugment_ops: int = option(2, help="N of RandAugment(N, M)")
+    randaugment_magnitude: int = option(14, help="M of RandAugment(N, M), 0..30")
+    optimizer: str = option("adam", choices=("adam", "adamw"), help="the optimizer")
+    lr: float = option(1e-3, help="peak learning rate")
+    weight_decay: float = option(0.0, help="weight decay")
+    schedule: str = option("cosine", choices=("cosine", "constant"), help="learning-rate schedule")
+    warmup_epochs: float = option(0.0, help="linear warm-up epochs")
+    batch_size: int = option(64, help="training batch size")
+    epochs: int = option(50, help="epoch limit")
+    target_ce: float | None = option(0.01, help="stop when the full-train-set cross-entropy reaches it; none: "
+                                                "train for --epochs")
+    seed: int = option(0, help="seed of initialisation, data order, augmentation and dropout")
+    device: str = option("auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N")
+    amp: bool = option(False, help="bf16 autocast (CUDA only)")
+    compile: bool = option(False, help="torch.compile (inductor) the training forward; the model, checkpoints, "
+                                       "evaluation and measures stay on the plain module (opt-in; compilation "
+                                       "takes ~30 s on first use; see docs/performance.md)")
+    eval_batch_size: int = option(500, help="batch size of evaluation")
+    srr_every: int = option(0, metavar="E", help="record the per-layer SRR table (train set, protocols of "
+                                                 "--srr-layernorm) at init and every E epochs; 0: never")
+    srr_images: int | None = srr_option("srr_images")
+    srr_layernorm: str = option("pre,none", metavar="PROTOCOLS",
+                                help="LayerNorms removed for the recording: pre, all, none, or several "
+                                     "comma-separated (both, side by side in `srrlab layerwise`; the first is "
+                                     "the epoch's logged `srr`; docs/measures.md)")
+    srr_sparsity: str = srr_option("sparsity")
+    srr_rate: str = srr_option("rate")
+    srr_eps: float | None = srr_option("srr_eps")
+    srr_lam: float = srr_option("srr_lam")
+    srr_reg: float = option(0.0, metavar="ETA", help="add η·mean over the selected layers of "
+                                                     "μ^ℓ(layer(StopGrad(Z^{ℓ-1}))) to the loss (docs/theory.md "
+                                                     "§7); 0: plain cross-entropy")
+    srr_layers: str = option("last", help="regularised layers: last, all, random, or 1-based indices 1,6,12")
+    srr_l1: float = option(0.0, metavar="W", help="add W·‖Z^ℓ‖₁, a trainable surrogate of ‖Z‖₀, to the regulariser")
 
     def __post_init__(self) -> None:
+        check_types(self)
         if isinstance(self.augment, bool):
             self.augment = "crop-flip" if self.augment else "none"
         self.validate()
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first invalid field."""
-        parse_model_name(self.model)
+        try:
+            model_config(self.model, **self.model_options)
+        except TypeError as exc:  # an unknown model option
+            raise ValueError(str(exc)) from None
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
         if self.schedule not in ("cosine", "constant"):
