@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import io
 
 import pandas as pd
 import pytest
@@ -163,6 +164,19 @@ def test_measure_run_and_cli(tmp_path, digits, capsys):
     table = pd.read_csv(out)
     assert table.loc[0, "measure.srr"] == pytest.approx(row["measure.srr"], rel=1e-9)
     assert "protocol" in printed and "layernorm=pre" in printed
+    # measures as rows, the run as a column, values as in the CSV
+    rows = {line.split()[0]: line.split()[1:] for line in printed.splitlines()}
+    assert printed.splitlines()[0].split() == ["run"] and rows["srr"] == [f"{row['measure.srr']:.4g}"]
+    assert rows["params"] == [f"{row['measure.params']:.4g}"]
+    import json
+
+    for fmt, parse in (("csv", lambda text: pd.read_csv(io.StringIO(text)).to_dict(orient="records")),
+                       ("json", json.loads)):
+        assert cli(["measure", str(run), "--measures", "srr,params", "--out", str(out), "--quiet",
+                    "--format", fmt]) == 0
+        records = parse(capsys.readouterr().out)
+        assert len(records) == 1 and records[0]["measure.srr"] == pytest.approx(row["measure.srr"], rel=1e-9)
+        assert records[0]["hp.model"] == "crate-n-digits"
     assert cli(["measure", str(run), "--measures", "srr", "--set", "layernorm=none", "--set", "rate=unit",
                 "--out", str(out), "--quiet"]) == 0
     assert pd.read_csv(out).loc[0, "gen.protocol"] == "layernorm=none sparsity=count rate=unit"

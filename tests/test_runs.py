@@ -55,6 +55,9 @@ def test_load_model_is_the_trained_model(run):
 def test_not_a_run_folder_is_named(tmp_path):
     rf = RunFolder(tmp_path / "nothing")
     assert not rf.is_run() and rf.summary() is None and rf.metrics() == [] and rf.layerwise() == []
+    with pytest.raises(FileNotFoundError, match=r"nothing is not a run folder: it does not exist; check the path"):
+        rf.config()
+    (tmp_path / "nothing").mkdir()
     with pytest.raises(FileNotFoundError, match=r"nothing is not a run folder \(no config.json\); start it with "
                                                 r"`srrlab train --out .*nothing`"):
         rf.config()

@@ -250,8 +250,8 @@ def test_compile_failures_are_refused(tmp_path, digits, monkeypatch, capsys):
     # a study spec takes compile like any TrainConfig field
     from srrlab.study.spec import SpecError, StudySpec
 
-    spec = dict(name="s", dataset="digits", fixed={"model": "crate-t-digits", "compile": True})
-    assert StudySpec.from_dict(spec).train_config({}).compile is True
+    spec = dict(name="s", dataset="digits", fixed={"model": "crate-t-digits", "compile": True}, grid={"seed": [0]})
+    assert StudySpec.from_dict(spec).train_config({"seed": 0}).compile is True
     with pytest.raises(SpecError, match="compile"):
         StudySpec.from_dict({**spec, "fixed": {"model": "crate-t-digits", "compile": "yes"}})
 

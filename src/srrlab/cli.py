@@ -60,9 +60,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 # -- train ------------------------------------------------------------------------------
 def _print_result(result, as_json: bool) -> None:
+    from .io import to_json
+
     summary = result.summary
     if as_json:
-        print(json.dumps({"run_dir": str(result.run_dir), **summary}, indent=2))
+        print(to_json({"run_dir": str(result.run_dir), **summary}, indent=2))
         return
     print(f"status      {summary['status']} after {summary['epochs']} epochs ({summary['wall_time_s']:.1f} s)")
     print(f"train       ce {summary['train_ce']:.4f}  acc {summary['train_acc']:.4f}")
@@ -119,12 +121,23 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
     atomic_write(out, lambda tmp: table.to_csv(tmp, index=False))
     cols = [c for c in table.columns if c.startswith("measure.")]
-    shown = table[["run", *cols]].rename(columns=lambda c: c.removeprefix("measure."))
-    shown["run"] = [Path(r).name for r in shown["run"]]
+    if args.format == "csv":
+        table.to_csv(sys.stdout, index=False)
+        return 0
+    if args.format == "json":
+        from .io import to_json
+
+        print(to_json(table.to_dict(orient="records"), indent=2))
+        return 0
+    # measures as rows, one column per run: readable for any number of measures
+    shown = table[cols].T
+    shown.index = [c.removeprefix("measure.") for c in cols]
+    names = [Path(r).name for r in table["run"]]
+    shown.columns = names if len(set(names)) == len(names) else [str(r) for r in table["run"]]
     import pandas as pd
 
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.float_format", "{:.4g}".format):
-        print(shown.to_string(index=False))
+        print(shown.to_string())
     print(f"protocol {settings.protocol.name}; other measures on the {settings.network} network")
     if "gen.protocol_train_acc" in table and table["gen.protocol_train_acc"].notna().any():
         accs = ", ".join(f"{a:.3f}" for a in table["gen.protocol_train_acc"])
@@ -291,13 +304,20 @@ def _run_options(q: argparse.ArgumentParser, what: str, kind: str) -> None:
     q.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``srrlab train: error: argument --lr: …; see srrlab train --help``."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .models import SIZES, VARIANTS
     from .options import add_flags
     from .train import TrainConfig
 
-    parser = argparse.ArgumentParser(prog="srrlab", description="Sparse Rate Reduction in CRATE-like models.")
+    parser = _Parser(prog="srrlab", description="Sparse Rate Reduction in CRATE-like models.")
     parser.add_argument("--version", action="version", version=f"srrlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -332,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--set rate=gamma1|unit; --set network=protocol evaluates every measure on the "
                         "protocol's network (docs/measures.md)")
     p.add_argument("--out", help="CSV of the tidy table (run, hp.*, gen.*, measure.*; default ./measures.csv)")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                   help="what to print: table (default: one row per measure, one column per run), or the tidy "
+                        "table as csv or json (the --out file is written either way)")
     p.add_argument("--list", action="store_true", help="list the measures with their references and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_measure)
@@ -405,7 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # name the command whose options these are not, as argparse does for every other error
+        prog = " ".join(["srrlab", args.command] + [v for k, v in vars(args).items() if k.endswith("_command")])
+        print(f"{prog}: error: unrecognized arguments: {' '.join(extra)}; see `{prog} --help`", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except (ValueError, TypeError, OSError) as exc:

@@ -121,6 +121,9 @@ class RunFolder:
         return (self.path / self.CONFIG).exists()
 
     def require(self) -> RunFolder:
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"{self.path} is not a run folder: it does not exist; check the path (a run "
+                                    f"folder is what `srrlab train --out DIR` writes)")
         if not self.is_run():
             raise FileNotFoundError(f"{self.path} is not a run folder (no {self.CONFIG}); start it with "
                                     f"`srrlab train --out {self.path}`")
@@ -142,7 +145,13 @@ class RunFolder:
     # -- records --------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         """``config.json``: ``{"train": TrainConfig fields, "model": CRATEConfig fields, "versions": …}``."""
-        return read_json(self.require().path / self.CONFIG)
+        path = self.require().path / self.CONFIG
+        config = read_json(path)
+        if not (isinstance(config, dict) and all(isinstance(config.get(k), dict) for k in ("train", "model"))):
+            raise ValueError(f"{path} is not a run configuration (it needs the tables \"train\" and \"model\" that "
+                             "`srrlab train` writes): the file is damaged; restore it, or delete the folder and "
+                             "train again")
+        return config
 
     def write_config(self, train: Mapping[str, Any], model: Mapping[str, Any], versions: Mapping[str, str]) -> None:
         write_json(self.path / self.CONFIG, {"train": dict(train), "model": dict(model), "versions": dict(versions)})

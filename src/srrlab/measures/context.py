@@ -286,13 +286,18 @@ class MeasureContext:
                 f"samples (settings.min_margin_samples), got {n}; pass more data or raise max_images")
         k = max(1, math.ceil(s.margin_percentile * n / 100 - 1e-9))
         gamma = self.margins.sort().values[k - 1].item()
+        if not math.isfinite(gamma):
+            bad = int((~torch.isfinite(self.margins)).sum())
+            warnings.warn(
+                f"margin γ is not a number: {bad} of the {n} training samples have non-finite outputs (a diverged "
+                f"run?); margin-based measures are nan", stacklevel=3)
+            return float("nan")
         if not gamma > 0:
             wrong = int((self.margins <= 0).sum())
             warnings.warn(
                 f"margin γ = {gamma:.4g} ≤ 0: the model misclassifies (or ties) {wrong} of the {n} training "
-                f"samples ({100 * wrong / n:.1f}%, at least {s.margin_percentile:g}%), so its "
-                f"{s.margin_percentile:g}th-percentile margin is not positive; margin-based measures are nan",
-                stacklevel=3)
+                f"samples ({100 * wrong / n:.1f}%; a positive {s.margin_percentile:g}th-percentile margin needs "
+                f"fewer than {k}), so margin-based measures are nan", stacklevel=3)
             return float("nan")
         return gamma
 

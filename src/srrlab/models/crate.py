@@ -159,8 +159,10 @@ class CRATEConfig:
             raise ValueError(
                 f"{self.variant} needs dim == heads * dim_head (its output operator is "
                 f"{self.spec.operator.symbol}), got dim={self.dim}, "
-                f"heads={self.heads}, dim_head={self.dim_head}; set dim_head={self.dim // self.heads} "
-                f"or a dim divisible by heads"
+                f"heads={self.heads}, dim_head={self.dim_head}; "
+                + (f"set dim_head={self.dim // self.heads}" if self.dim % self.heads == 0 else
+                   f"choose a dim divisible by heads (e.g. dim={self.heads * max(1, round(self.dim / self.heads))}) "
+                   f"or heads dividing dim")
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")

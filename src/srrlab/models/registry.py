@@ -37,7 +37,7 @@ def parse_model_name(name: str) -> tuple[str, str]:
         if size not in SIZES:
             bad.append(f"size {size!r} is not one of {', '.join(SIZES)}")
         raise ValueError(
-            f"unknown model {name!r}: {'; '.join(bad)}. Names are <variant>-<size>, e.g. 'crate-t-tiny'"
+            f"unknown model {name!r}: {'; '.join(bad)}. Names are <variant>-<size>, e.g. 'crate-t-tiny'; see `srrlab models`"
         )
     return variant, size
 

@@ -115,10 +115,11 @@ class StudySpec:
         check_keys(d, _TOP, "top-level key", error=SpecError)
         if not isinstance(d.get("name"), str):
             raise SpecError("key 'name' is required and must be a string")
+        for key in ("fixed", "grid", "data_options"):
+            if not isinstance(d.get(key, {}), dict):
+                raise SpecError(f"key {key!r} must be a table (e.g. [{key}] on its own line, then key = value lines)")
         fixed = dict(d.get("fixed", {}))
         grid = dict(d.get("grid", {}))
-        if not isinstance(fixed, dict):
-            raise SpecError("key 'fixed' must be a table of settings")
         given = "dataset" in fixed or "dataset" in grid
         if "dataset" in d and given:
             raise SpecError("'dataset' is given both at the top level and as a setting; keep one")
@@ -129,6 +130,9 @@ class StudySpec:
             raise SpecError("key 'dataset' must be a string")
         if "dataset" in d and d["dataset"] not in DATASETS:
             raise SpecError(f"key 'dataset': {d['dataset']!r} is not one of {', '.join(DATASETS)}")
+        if not grid:
+            raise SpecError("key 'grid' is missing or empty: a study needs at least one grid axis, e.g. [grid] "
+                            "seed = [0, 1, 2] (to train one model, use `srrlab train`)")
         for axis, values in grid.items():
             if not isinstance(values, list) or not values:
                 raise SpecError(f"grid axis {axis!r} must be a non-empty list of values")

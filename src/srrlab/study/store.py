@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..options import EXECUTION_SETTINGS
 from ..runs import FINAL_STATUSES as FINAL
 from ..runs import STUDY_STATUSES, tidy_row
 from .spec import SpecError, StudySpec, point_id
@@ -78,11 +79,8 @@ class StudyStore:
         stored = self.spec()
         if stored is not None:
             if stored.fingerprint() != spec.fingerprint():
-                changed = [k for k in ("name", "dataset", "data_dir", "data_seed", "data_options", "fixed",
-                                       "measures", "measure_settings")
-                           if getattr(stored, k) != getattr(spec, k)] or ["grid axes"]
                 raise SpecError(
-                    f"{self.dir} holds a study with a different spec ({', '.join(changed)} changed); "
+                    f"{self.dir} holds a study with a different spec ({'; '.join(_spec_changes(stored, spec))}); "
                     "use a new --dir, or restore the original spec (only new grid values can be added, with --extend)")
             old = {point_id(p) for p in stored.points()}
             new = [p for p in spec.points() if point_id(p) not in old]
@@ -157,3 +155,28 @@ class StudyStore:
 
 def _to_toml_fallback(spec: StudySpec) -> str:  # pragma: no cover - specs always come from TOML
     raise SpecError("a study spec must be created from TOML (StudySpec.from_toml) so it can be stored")
+
+
+def _spec_changes(old: StudySpec, new: StudySpec) -> list[str]:
+    """What differs between two specs, key by key as written in the TOML (``fixed.lr: 0.001 -> 0.002``)."""
+    def show(v: Any) -> str:
+        return "(absent)" if v is _ABSENT else json.dumps(v, ensure_ascii=False)
+
+    out = []
+    for attr, key in (("name", "name"), ("dataset", "dataset"), ("data_dir", "data_dir"), ("data_seed", "data_seed"),
+                      ("measures", "measures.names")):
+        if getattr(old, attr) != getattr(new, attr):
+            out.append(f"{key}: {show(getattr(old, attr))} -> {show(getattr(new, attr))}")
+    for attr, key in (("data_options", "data_options"), ("fixed", "fixed"), ("measure_settings", "measures.settings")):
+        a, b = getattr(old, attr), getattr(new, attr)
+        for k in sorted(set(a) | set(b)):
+            if attr == "fixed" and k in EXECUTION_SETTINGS:
+                continue
+            if a.get(k, _ABSENT) != b.get(k, _ABSENT):
+                out.append(f"{key}.{k}: {show(a.get(k, _ABSENT))} -> {show(b.get(k, _ABSENT))}")
+    if list(old.grid) != list(new.grid):
+        out.append(f"grid axes: {', '.join(old.grid) or '(none)'} -> {', '.join(new.grid) or '(none)'}")
+    return out or ["the grid's axes"]
+
+
+_ABSENT = object()

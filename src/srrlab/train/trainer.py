@@ -337,23 +337,56 @@ class Trainer:
         if self.cfg.srr_every:
             self.folder.write_layerwise(self.layerwise)
         write_json(self.ckpt_dir / RunFolder.LATEST, {"epoch": epoch, "folder": folder.name})
-        for old in self.ckpt_dir.glob("epoch-*"):
-            if old.name != folder.name:
-                shutil.rmtree(old, ignore_errors=True)
+        # keep this checkpoint and the one before it: a damaged newest one falls back to it
+        for old in sorted(self.ckpt_dir.glob("epoch-*"))[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _checkpoint_candidates(self) -> list[tuple[int, Path]]:
+        """(epoch, folder) of the checkpoints to try, newest first: the one ``latest.json`` names, then
+        the earlier complete one kept beside it."""
+        folders = sorted(self.ckpt_dir.glob("epoch-*"), reverse=True)
+        try:
+            latest = read_json(self.ckpt_dir / RunFolder.LATEST)
+            first = self.ckpt_dir / latest["folder"]
+            folders = [first] + [f for f in folders if f.name < first.name]
+        except (ValueError, KeyError, TypeError, OSError):
+            pass  # a damaged pointer: the folders themselves say which checkpoints exist
+        return [(int(f.name.removeprefix("epoch-")), f) for f in folders]
 
     def _load_checkpoint(self) -> tuple[int, list[dict[str, Any]]]:
-        latest = read_json(self.ckpt_dir / RunFolder.LATEST)
-        folder = self.ckpt_dir / latest["folder"]
-        self.model.load_state_dict(load_weights(folder / "model.safetensors"))
-        state = torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=True)
-        self.optimizer.load_state_dict(state)
-        epoch = int(latest["epoch"])
+        damaged = []
+        for epoch, folder in self._checkpoint_candidates():
+            for name in ("model.safetensors", "optimizer.pt"):
+                path = folder / name
+                try:
+                    if name == "model.safetensors":
+                        self.model.load_state_dict(load_weights(path))
+                    else:
+                        state = torch.load(path, map_location=self.device, weights_only=True)
+                        self.optimizer.load_state_dict(state)
+                except Exception as exc:  # noqa: BLE001 - any failure to read a file means it is damaged
+                    first = (str(exc).strip().splitlines() or [""])[0][:160]
+                    damaged.append(f"{path} ({type(exc).__name__}: {first})")
+                    break
+            else:
+                if damaged:
+                    print(f"srrlab: checkpoint file {damaged[0]} is damaged; resuming from the earlier checkpoint "
+                          f"of epoch {epoch}", file=sys.stderr)
+                return epoch, self._history_until(epoch)
+        if damaged:
+            raise ValueError(f"cannot resume {self.run_dir}: checkpoint file{'s' if len(damaged) > 1 else ''} "
+                             f"{'; '.join(damaged)} {'are' if len(damaged) > 1 else 'is'} damaged and no earlier "
+                             f"checkpoint is kept; delete {self.run_dir} and train again")
+        raise ValueError(f"{self.run_dir} has no complete checkpoint to resume from; delete it and train again")
+
+    def _history_until(self, epoch: int) -> list[dict[str, Any]]:
+        """The metrics (and layer-wise records) of epochs 0..epoch; later ones are recomputed."""
         metrics = [m for m in self.folder.metrics() if m["epoch"] <= epoch]
         if len(metrics) != epoch + 1:
-            raise RuntimeError(f"{self.run_dir}/{RunFolder.METRICS} has {len(metrics)} epochs up to {epoch}, "
-                               f"expected {epoch + 1}")
+            raise ValueError(f"{self.run_dir}/{RunFolder.METRICS} has {len(metrics)} epochs up to {epoch}, expected "
+                             f"{epoch + 1}: the file is damaged; delete {self.run_dir} and train again")
         self.layerwise = [r for r in self.folder.layerwise() if r["epoch"] <= epoch]
-        return epoch, metrics
+        return metrics
 
     def _record_srr(self, m: dict[str, Any], final: bool) -> None:
         """Append the per-layer SRR table to ``self.layerwise`` at init, every ``srr_every`` epochs and at the end."""
@@ -486,7 +519,7 @@ class Trainer:
                 if status != "diverged":
                     self._record_srr(m, final=status is not None)
                 self._save_checkpoint(epoch, metrics)
-                bar.set_postfix(ce=f"{m['train_ce']:.3f}", acc=f"{m['test_acc']:.3f}")
+                bar.set_postfix(train_ce=f"{m['train_ce']:.3f}", test_acc=f"{m['test_acc']:.3f}")
                 self.folder.write_summary(self._summary(status or "running", metrics, time.perf_counter() - t_start))
         finally:
             bar.close()
@@ -546,7 +579,7 @@ def resume(run_dir: str | os.PathLike, *, quiet: bool = False, splits: Splits | 
     cfg = TrainConfig.from_dict(folder.config()["train"])
     trainer = Trainer(cfg, run_dir, quiet=quiet, splits=splits, on_epoch=on_epoch)
     if not folder.has_checkpoint():
-        raise FileNotFoundError(f"{run_dir} has no complete checkpoint to resume from; delete it and start again")
+        raise FileNotFoundError(f"{run_dir} has no complete checkpoint to resume from; delete it and train again")
     epoch, metrics = trainer._load_checkpoint()
     summary = folder.summary() or {}
     if summary.get("status", "running") != "running" and summary.get("epochs") == epoch \
@@ -570,12 +603,12 @@ def read_layerwise(run_dir: str | os.PathLike) -> "pd.DataFrame":
     """
     import pandas as pd
 
-    folder = RunFolder(run_dir)
+    folder = RunFolder(run_dir).require()
     rows = folder.layerwise()
     if not rows:
         raise FileNotFoundError(
-            f"{folder.layerwise_path} is missing or empty: train with --srr-every E (srr_every=E) to record per-layer SRR"
-        )
+            f"{run_dir} has no per-layer SRR records ({RunFolder.LAYERWISE} is missing or empty): it was trained "
+            "without --srr-every; train with --srr-every E (srr_every=E) to record them")
     table = pd.DataFrame(rows)
     if "layernorm" not in table:
         table["layernorm"] = "all"
