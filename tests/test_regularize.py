@@ -265,3 +265,20 @@ def test_cli_train_with_randaugment(tmp_path, capsys):
     with pytest.raises(SystemExit):  # argparse refuses the choice
         cli(["train", "--augment", "mixup", "--out", str(tmp_path / "x")])
     assert "invalid choice: 'mixup'" in capsys.readouterr().err
+
+
+def test_plot_bars_start_at_zero(tmp_path, monkeypatch):
+    """The y axis of regularize.png starts at 0 (a zoomed axis exaggerates differences of a point)."""
+    import srrlab.report.regularize as report
+
+    figures = []
+    monkeypatch.setattr(report, "save_png", lambda fig, path: figures.append(fig) or path)
+    arms = ["CE", "CE+SRR (last)"]
+    summary = pd.DataFrame({"dataset": "digits", "variant": "crate-t", "arm": arms, "test_acc_mean": [96.0, 97.0],
+                            "test_acc_std": [0.5, 0.5]})
+    runs = pd.DataFrame({"dataset": "digits", "variant": "crate-t", "arm": [a for a in arms for _ in (0, 1)],
+                         "acc": [95.5, 96.5, 96.5, 97.5]})
+    report.plot_regularization(summary, runs, tmp_path / "regularize.png")
+    (ax,) = figures[0].axes
+    low, high = ax.get_ylim()
+    assert low == 0.0 and 97.5 < high <= 100.0

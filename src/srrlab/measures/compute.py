@@ -1,6 +1,7 @@
 """Computing measures on models and run folders."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -88,9 +89,92 @@ def measure_run(run_dir: str | os.PathLike, measures: str | Iterable[str] | None
     return tidy_row(run_hparams(config), {**summary, **record}, values, run=str(run_dir))
 
 
+def _check_measure_names(measures: Any) -> list[str]:
+    """The measure names of ``measures`` (None: all), or one ValueError naming every unknown one."""
+    if measures is not None and not isinstance(measures, str):
+        measures = list(measures) if isinstance(measures, Iterable) else measures
+        if not isinstance(measures, list) or not all(isinstance(m, str) for m in measures):
+            raise ValueError(f"measures must be None (all), a comma-separated string or a list of measure names, "
+                             f"got {measures!r}; e.g. measures=\"srr,l2-dist\" (see srrlab.measures.MEASURES)")
+    if isinstance(measures, str):
+        measures = [m.strip() for m in measures.split(",") if m.strip()]
+    unknown = [m for m in measures or () if m not in MEASURES]
+    if unknown:
+        raise ValueError(f"measures: unknown measure{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(map(repr, unknown))}; available: {', '.join(MEASURES)}")
+    return _names(measures)
+
+
+def _check_settings(settings: Any) -> MeasureSettings | None:
+    """``settings`` re-validated (a field assigned after construction is checked too), or one ValueError."""
+    if settings is None:
+        return None
+    if not isinstance(settings, MeasureSettings):
+        raise ValueError(f"settings must be a MeasureSettings or None, got {type(settings).__name__}; "
+                         f"build one with MeasureSettings(max_images=500, ...) or MeasureSettings.from_dict(d)")
+    try:
+        dataclasses.replace(settings)  # runs MeasureSettings' validation again
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"settings: {exc}") from None
+    return settings
+
+
+def _run_problem(run_dir: Any, index: int) -> str | None:
+    """Why ``run_dir`` cannot be measured (one sentence with the fix), or None when it can."""
+    from ..data import DATASETS
+    from ..runs import RunFolder
+
+    if not isinstance(run_dir, (str, os.PathLike)):
+        return (f"run_dirs[{index}] is {run_dir!r} ({type(run_dir).__name__}), not a folder path: list the run "
+                f"folders themselves, e.g. [\"runs/t\", \"runs/n\"]")
+    folder = RunFolder(run_dir)
+    try:  # no folder, no config.json, or a damaged config.json / summary.json: the message says what to do
+        train = folder.config()["train"]
+        summary = folder.summary() or {"status": "running"}
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    if train.get("dataset") not in DATASETS:
+        return (f"{run_dir}: config.json names the dataset {train.get('dataset')!r}, not one of "
+                f"{', '.join(DATASETS)}: the file is damaged; restore it, or delete the folder and train again")
+    if summary.get("status") == "running":
+        return f"{run_dir} has not finished (status running); resume it with `srrlab train --resume {run_dir}`"
+    missing = [folder.weights_path(w).name for w in ("final", "init") if not folder.has_weights(w)]
+    if missing:
+        return (f"{run_dir} lacks {' and '.join(missing)}: the folder is incomplete; resume it with "
+                f"`srrlab train --resume {run_dir}`, or delete it and train again")
+    return None
+
+
+def _check_run_dirs(run_dirs: Any) -> list[str | os.PathLike]:
+    """The run folders as a list, or one ValueError listing every folder that cannot be measured."""
+    if isinstance(run_dirs, (str, bytes, os.PathLike)):
+        raise ValueError(f"run_dirs must be a list of run folders, got the single path {run_dirs!r}; "
+                         f"pass [{str(run_dirs)!r}]")
+    if not isinstance(run_dirs, Iterable):
+        raise ValueError(f"run_dirs must be a list of run folders, got {type(run_dirs).__name__}")
+    run_dirs = list(run_dirs)
+    if not run_dirs:
+        raise ValueError("run_dirs is empty: give the folders of one or more finished runs (`srrlab train --out DIR`)")
+    problems = [p for i, d in enumerate(run_dirs) if (p := _run_problem(d, i)) is not None]
+    if len(problems) == 1:
+        raise ValueError(problems[0])
+    if problems:  # one line (the CLI prints one error line), every bad folder numbered
+        raise ValueError(f"{len(problems)} of the {len(run_dirs)} run folders cannot be measured: "
+                         + " ".join(f"({i}) {p}" for i, p in enumerate(problems, 1)))
+    return run_dirs
+
+
 def measure_runs(run_dirs: Sequence[str | os.PathLike], measures: str | Iterable[str] | None = None,
                  settings: MeasureSettings | None = None, progress: bool = False) -> pd.DataFrame:
-    """:func:`measure_run` for several runs, as one tidy table (one row per run)."""
-    names = _names(measures)
-    rows = [measure_run(d, names, settings) for d in tqdm(list(run_dirs), desc="runs", disable=not progress)]
+    """:func:`measure_run` for several runs, as one tidy table (one row per run).
+
+    Every input is checked before anything is computed: each run folder exists, holds a readable
+    ``config.json``, has finished (final and initial weights), the measure names are known and the
+    settings are valid. A problem raises one ``ValueError`` naming the argument or every bad folder
+    and how to fix it.
+    """
+    names = _check_measure_names(measures)
+    settings = _check_settings(settings)
+    run_dirs = _check_run_dirs(run_dirs)
+    rows = [measure_run(d, names, settings) for d in tqdm(run_dirs, desc="runs", disable=not progress)]
     return pd.DataFrame(rows)

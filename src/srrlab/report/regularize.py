@@ -9,8 +9,8 @@ and seeds (:func:`srrlab.study.run_regularize`). Output:
   arm, the seed-paired difference to its CE baseline and a verdict;
 - :func:`paper_table`: the layout of Tables 2/6 (a row per variant, a column per dataset × arm,
   cells ``mean ± std``);
-- :func:`plot_regularization`: a bar plot (a panel per dataset, bars per arm, error bars = std,
-  one dot per seed);
+- :func:`plot_regularization`: a bar plot (a panel per dataset, bars per arm from zero, error
+  bars = std, one dot per seed);
 - :func:`verdict_sentences`: one plain sentence per variant and regularised arm;
 - :func:`write_regularization_report`: all of it into ``regularize.md`` + CSVs + PNG.
 
@@ -239,7 +239,8 @@ def verdict_sentences(summary: pd.DataFrame) -> list[str]:
 
 def plot_regularization(summary: pd.DataFrame, runs: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Bar plot: a panel per dataset, variants on the x axis, a bar per arm (mean test accuracy,
-    error bar = std over seeds), one dot per seed. ``runs`` has ``dataset, variant, arm, acc`` per run."""
+    error bar = std over seeds), one dot per seed; the y axis starts at 0 (at most 100 %), so bar
+    heights compare as the accuracies do. ``runs`` has ``dataset, variant, arm, acc`` per run."""
     path = Path(path)
     datasets = list(dict.fromkeys(summary["dataset"]))
     extra = [c for c in summary.columns if c not in _SUMMARY_COLUMNS]
@@ -268,11 +269,8 @@ def plot_regularization(summary: pd.DataFrame, runs: pd.DataFrame, path: str | o
                    edgecolor="white", zorder=2)
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels([" ".join([display_variant(g[0]), *map(str, g[1:])]) for g in groups], rotation=0)
-        lo = runs.loc[runs["dataset"] == d, "acc"].min()
-        hi = runs.loc[runs["dataset"] == d, "acc"].max()
-        if np.isfinite(lo) and np.isfinite(hi):
-            pad = max(0.5, 0.15 * (hi - lo))
-            ax.set_ylim(max(0.0, lo - 3 * pad), min(100.0, hi + pad))
+        # bars start at zero: a bar's height is the accuracy, so a zoomed axis would exaggerate differences
+        ax.set_ylim(0.0, min(100.0, ax.get_ylim()[1]))
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(_dataset_name(d) if d else "test accuracy")
         ax.grid(axis="y", alpha=0.3, zorder=0)
