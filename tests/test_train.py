@@ -147,6 +147,25 @@ def test_divergence_is_marked(tmp_path, digits):
     assert result.status == "diverged"
     assert read_json(tmp_path / "r" / "summary.json")["status"] == "diverged"
     assert result.epochs < 3 or not math.isfinite(result.final["train_loss"])
+    # strict JSON: the NaN losses are null, never a bare NaN that strict parsers reject
+    import json
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
+
+    summary = strict((tmp_path / "r" / "summary.json").read_text())
+    assert summary["train_ce"] is None or math.isfinite(summary["train_ce"])
+    rows = [strict(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["train_loss"] is None for r in rows)
+    # every file of the run folder has the same permissions as any other file the user writes
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "r").rglob("*") if p.is_file()}
+    assert set(modes.values()) == {0o666 & ~umask}, modes
+    from srrlab.measures import compute_measures
+
+    with pytest.warns(UserWarning, match="non-finite outputs \\(a diverged run\\?\\); margin-based measures are nan"):
+        compute_measures(result.model, data=digits.train, measures=["inverse-margin"])
 
 
 def test_cosine_schedule_and_warmup():
