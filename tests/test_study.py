@@ -333,3 +333,40 @@ def test_report_of_a_tiny_study(reference, tiny_spec, tmp_path, capsys):
     assert "lr = 0.001, n = 2" in out and "lr = 0.003, n = 2" in out and "POOLED" in out
     assert cli(["study", "report", str(tmp_path / "nothing")]) == 2
     assert "no study" in capsys.readouterr().err
+
+
+# -- grouped training (srrlab.train.group) ---------------------------------------------------------
+def test_plan_tasks_groups_what_can_share_a_program(tiny_spec):
+    from srrlab.study.runner import plan_tasks
+
+    spec = load_spec(tiny_spec)
+    points = [(str(i), p, f"runs/{i}") for i, p in enumerate(spec.points())]
+    on = plan_tasks(spec, points, "on")
+    # variant x lr: the two learning rates of each variant share one program
+    assert [[t[1] for t in task] for task in on] == [
+        [{"variant": "crate-c", "lr": 0.001}, {"variant": "crate-c", "lr": 0.003}],
+        [{"variant": "crate-n", "lr": 0.001}, {"variant": "crate-n", "lr": 0.003}]]
+    assert plan_tasks(spec, points, "off") == [[t] for t in points]
+    assert plan_tasks(spec, points, "auto") == [[t] for t in points]  # a CPU: grouping does not pay here
+    assert [len(t) for t in plan_tasks(spec, points, "on", max_group=1)] == [1, 1, 1, 1]
+    dropout = StudySpec.from_toml(TINY.replace("depth = 1", "depth = 1\ndropout = 0.1"))
+    assert all(len(t) == 1 for t in plan_tasks(dropout, points, "on"))  # dropout trains alone
+    with pytest.raises(SpecError, match="key 'group' must be one of 'auto', 'on', 'off', got 'yes'"):
+        StudySpec.from_toml('group = "yes"\n' + TINY)
+    assert StudySpec.from_toml('group = "off"\n' + TINY).fingerprint() == spec.fingerprint()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_grouped_study_equals_the_ungrouped_one(reference, tiny_spec, tmp_path, workers):
+    table = run_study(tiny_spec, tmp_path / "g", group="on", workers=workers, progress=False)
+    _close_enough(table, reference)
+    runs = sorted((tmp_path / "g" / "runs").iterdir())
+    assert len(runs) == 4 and all((r / "weights_final.safetensors").exists() for r in runs)
+
+
+def test_no_group_flag(tiny_spec, tmp_path, capsys):
+    assert cli(["study", "run", str(tiny_spec), "--dir", str(tmp_path / "s"), "--no-group", "--quiet"]) == 0
+    assert "4 grid points; not-converged 4" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        cli(["study", "run", str(tiny_spec), "--dir", str(tmp_path / "s"), "--group", "maybe"])
+    assert exit_.value.code == 2 and "invalid choice: 'maybe'" in capsys.readouterr().err

@@ -174,7 +174,7 @@ def cmd_study_run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     table = run_study(args.spec, args.dir, workers=args.workers, scheduler=args.scheduler, threads=args.threads,
-                      extend=args.extend, progress=False if args.quiet else None)
+                      extend=args.extend, progress=False if args.quiet else None, group=args.group)
     counts = table["status"].value_counts().to_dict()
     print(f"study {args.dir}: {len(table)} grid points; " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
           + f"; this call took {time.perf_counter() - t0:.0f} s")
@@ -212,7 +212,7 @@ def cmd_regularize_run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     report = run_regularize(args.spec, args.dir, workers=args.workers, scheduler=args.scheduler, threads=args.threads,
-                            extend=args.extend, progress=False if args.quiet else None)
+                            extend=args.extend, progress=False if args.quiet else None, group=args.group)
     counts = report["runs"]["status"].value_counts().to_dict()
     print(f"experiment {args.dir}: {len(report['runs'])} runs; "
           + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f"; this call took {time.perf_counter() - t0:.0f} s")
@@ -238,7 +238,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"{len(spec.points())} models ({' x '.join(f'{len(v)} {a}' for a, v in spec.grid.items())}), "
           f"{len(spec.measures)} measures, {workers or 1} worker(s); resumable in {out}")
     t0 = time.perf_counter()
-    table = run_study(spec, out, workers=workers, progress=False if args.quiet else None)
+    table = run_study(spec, out, workers=workers, progress=False if args.quiet else None, group=args.group)
     counts = table["status"].value_counts().to_dict()
     print(f"trained and measured in {time.perf_counter() - t0:.0f} s: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     report = report_study(out)
@@ -302,6 +302,17 @@ def _run_options(q: argparse.ArgumentParser, what: str, kind: str) -> None:
     q.add_argument("--threads", type=int, help="torch threads per run (default: cores // workers)")
     q.add_argument("--extend", action="store_true", help=f"accept a spec that adds grid values to the {what} in --dir")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
+    _group_options(q)
+
+
+def _group_options(q: argparse.ArgumentParser) -> None:
+    """--group / --no-group: train the points that can share one stacked program as a group."""
+    g = q.add_mutually_exclusive_group()
+    g.add_argument("--group", choices=["auto", "on", "off"], default=None,
+                   help="train points that differ only in seed, lr, weight decay or stopping as one stacked program: "
+                        "auto (on CUDA, where it pays; not on a CPU), on, off (default: the spec's group, auto); "
+                        "docs/performance.md")
+    g.add_argument("--no-group", dest="group", action="store_const", const="off", help="same as --group off")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -406,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="study folder (default runs/demo-study; rerunning continues it)")
     p.add_argument("--workers", type=int, help="Dask worker processes (default 2 on a multi-core machine)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _group_options(p)
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("toy", help="toy study (docs/theory.md §4): does each compression update rule decrease R^c?",
                        description="Run L layers of a compression update alone on Gaussian tokens and record "

@@ -50,7 +50,11 @@ def preset_names(kind: str = "study") -> tuple[str, ...]:
 #: Study presets shipped in the package (``srrlab/study/presets/<name>.toml``).
 PRESETS = preset_names("study")
 
-_TOP = {"name", "dataset", "data_dir", "data_seed", "data_options", "fixed", "grid", "measures", "report"}
+_TOP = {"name", "dataset", "data_dir", "data_seed", "data_options", "fixed", "grid", "measures", "report", "group"}
+#: How a study trains the grid points that can share one stacked program (srrlab.train.group):
+#: "auto" groups them on CUDA, where it pays, and trains them alone on a CPU (docs/performance.md);
+#: "on" always groups, "off" never does. Like the execution settings it changes no result's meaning.
+GROUP_MODES = ("auto", "on", "off")
 #: Keys of the ``[report]`` table: how the population is reported (they never change a run).
 REPORT_KEYS = {"by", "include_not_converged"}
 _TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} - {
@@ -97,6 +101,7 @@ class StudySpec:
     # width, as the paper's Table 1) and whether runs that missed the stopping target enter the tables
     report_by: list[str] = field(default_factory=list)
     include_not_converged: bool = False
+    group: str = "auto"  # GROUP_MODES
     source: str = ""  # the TOML text, for the report
 
     # -- parsing ------------------------------------------------------------------------
@@ -181,9 +186,13 @@ class StudySpec:
         include = report.get("include_not_converged", False)
         if not isinstance(include, bool):
             raise SpecError("key 'report.include_not_converged' must be true or false")
+        group = d.get("group", "auto")
+        if group not in GROUP_MODES:
+            raise SpecError(f"key 'group' must be one of {', '.join(map(repr, GROUP_MODES))}, got {group!r}")
         spec = cls(name=d["name"], dataset=d.get("dataset", ""), fixed=fixed, grid=grid, measures=names,
                    measure_settings=settings, data_dir=d.get("data_dir"), data_seed=int(d.get("data_seed", 0)),
-                   data_options=dict(d.get("data_options", {})), report_by=list(by), include_not_converged=include)
+                   data_options=dict(d.get("data_options", {})), report_by=list(by), include_not_converged=include,
+                   group=group)
         for point in spec.points():
             spec.train_config(point)  # every point must give a valid run
         return spec
@@ -262,7 +271,7 @@ class StudySpec:
         d = self.to_dict()
         d["grid"] = sorted(d["grid"])
         d["fixed"] = {k: v for k, v in d["fixed"].items() if k not in EXECUTION_SETTINGS}
-        for key in ("source", "report_by", "include_not_converged"):
+        for key in ("source", "report_by", "include_not_converged", "group"):
             d.pop(key, None)
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 

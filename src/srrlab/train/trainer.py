@@ -508,25 +508,51 @@ class Trainer:
                     if not math.isfinite(loss_value):
                         loss_sum = float("nan")  # diverged (the CE alone may still be finite)
                         break
-                if self.on_epoch is not None:
-                    self.on_epoch(epoch)
-                m = self._epoch_metrics(epoch, step, lr, loss_sum / seen, time.perf_counter() - t0)
-                if self.regularizer is not None:  # mean μ^ℓ of the regularised layers over the epoch's steps
-                    m["srr_reg_layers"] = {str(ell): sum(v) / len(v) for ell, v in sorted(reg_sums.items())}
-                    m["srr_reg_value"] = sum(sum(v) for v in reg_sums.values()) / sum(len(v) for v in reg_sums.values())
-                metrics.append(m)
-                status = self._status(m)
-                if status != "diverged":
-                    self._record_srr(m, final=status is not None)
-                self._save_checkpoint(epoch, metrics)
-                bar.set_postfix(train_ce=f"{m['train_ce']:.3f}", test_acc=f"{m['test_acc']:.3f}")
-                self.folder.write_summary(self._summary(status or "running", metrics, time.perf_counter() - t_start))
+                status = self.end_epoch(epoch, step, lr, loss_sum / seen, time.perf_counter() - t0, metrics,
+                                        t_start, reg_sums)
+                bar.set_postfix(train_ce=f"{metrics[-1]['train_ce']:.3f}", test_acc=f"{metrics[-1]['test_acc']:.3f}")
         finally:
             bar.close()
-        self.folder.save_weights("final", model.state_dict(), metrics[-1]["epoch"])
+        return self.finish(status, metrics, t_start)
+
+    def start(self) -> tuple[list[dict[str, Any]], float]:
+        """Create the run folder: config, initial weights, epoch 0 (the initialisation) evaluated and
+        checkpointed. Returns the metrics so far and the seconds it took."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.folder.write_config(self.cfg.to_dict(), self.model_config.to_dict(), _provenance())
+        self.folder.save_weights("init", self.model.state_dict(), 0)
+        t0 = time.perf_counter()
+        m0 = self._epoch_metrics(0, 0, 0.0, None, 0.0)
+        self._record_srr(m0, final=False)
+        self._save_checkpoint(0, [m0])
+        return [m0], time.perf_counter() - t0
+
+    def end_epoch(self, epoch: int, step: int, lr: float, train_loss: float, seconds: float,
+                  metrics: list[dict[str, Any]], t_start: float, reg_sums: dict[int, list[float]] | None = None
+                  ) -> str | None:
+        """After epoch ``epoch``'s steps: the ``on_epoch`` hook, evaluation, the status, the layer-wise
+        record, the checkpoint and the running summary (shared with grouped training). Returns the status
+        (None: keep training)."""
+        if self.on_epoch is not None:
+            self.on_epoch(epoch)
+        m = self._epoch_metrics(epoch, step, lr, train_loss, seconds)
+        if reg_sums:  # mean μ^ℓ of the regularised layers over the epoch's steps
+            m["srr_reg_layers"] = {str(ell): sum(v) / len(v) for ell, v in sorted(reg_sums.items())}
+            m["srr_reg_value"] = sum(sum(v) for v in reg_sums.values()) / sum(len(v) for v in reg_sums.values())
+        metrics.append(m)
+        status = self._status(m)
+        if status != "diverged":
+            self._record_srr(m, final=status is not None)
+        self._save_checkpoint(epoch, metrics)
+        self.folder.write_summary(self._summary(status or "running", metrics, time.perf_counter() - t_start))
+        return status
+
+    def finish(self, status: str, metrics: list[dict[str, Any]], t_start: float) -> RunResult:
+        """The final weights and summary of an ended run."""
+        self.folder.save_weights("final", self.model.state_dict(), metrics[-1]["epoch"])
         summary = self._summary(status, metrics, time.perf_counter() - t_start)
         self.folder.write_summary(summary)
-        return RunResult(self.run_dir, status, metrics[-1]["epoch"], metrics, model, summary)
+        return RunResult(self.run_dir, status, metrics[-1]["epoch"], metrics, self.model, summary)
 
 
 def _provenance() -> dict[str, str]:
@@ -557,14 +583,8 @@ def train(config: TrainConfig | None = None, run_dir: str | os.PathLike | None =
         )
     trainer = Trainer(cfg, run_dir, quiet=quiet, splits=splits, on_epoch=on_epoch)
     trainer._setup_compile()  # before the run folder exists: a refused --compile leaves nothing behind
-    run_dir.mkdir(parents=True, exist_ok=True)
-    trainer.folder.write_config(cfg.to_dict(), trainer.model_config.to_dict(), _provenance())
-    trainer.folder.save_weights("init", trainer.model.state_dict(), 0)
-    t0 = time.perf_counter()
-    m0 = trainer._epoch_metrics(0, 0, 0.0, None, 0.0)
-    trainer._record_srr(m0, final=False)
-    trainer._save_checkpoint(0, [m0])
-    return trainer.run(0, [m0], time.perf_counter() - t0 + (trainer.compile_s or 0.0))
+    metrics, elapsed = trainer.start()
+    return trainer.run(0, metrics, elapsed + (trainer.compile_s or 0.0))
 
 
 def resume(run_dir: str | os.PathLike, *, quiet: bool = False, splits: Splits | None = None,
