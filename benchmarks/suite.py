@@ -15,6 +15,8 @@ and at the digits preset — 8×8×1, patch 2, d=64, L=4, K=4, batch 64):
 ``srr``         the SRR measure against the naive N×N way at N=65 and N=197 (``srr_measure.py``).
 ``regularizer`` the SRR regulariser's overhead, last / random / all layers (``regularizer_overhead.py``).
 ``study``       study throughput, models per hour, with 1 and 2 workers (``study_throughput.py``).
+``group``       grouped against single training, models per hour of training, digits and 28×28, 1 and 2
+                workers, interleaved (``group_throughput.py``).
 ``kendall``     ``correlation_table`` with its permutation p-values and bootstrap intervals, 26 measures ×
                 64 models, 10 000 permutations + 2 000 resamples (``kendall_uncertainty.py``).
 ``threads``     the ``crate`` and official steps with 1 and with 2 torch threads. Run last: after
@@ -49,6 +51,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 import flops  # noqa: E402
+import group_throughput  # noqa: E402
 import kendall_uncertainty  # noqa: E402
 import regularizer_overhead  # noqa: E402
 import srr_measure  # noqa: E402
@@ -60,7 +63,7 @@ from vs_official import check_same_outputs  # noqa: E402
 from srrlab.models import VARIANTS, create_model  # noqa: E402
 
 SHAPES = {"tiny": dict(batch=128, steps=3), "digits": dict(batch=64, steps=30)}
-SECTIONS = ("machine", "step", "profile", "srr", "regularizer", "study", "kendall", "threads")
+SECTIONS = ("machine", "step", "profile", "srr", "regularizer", "study", "group", "kendall", "threads")
 COMPILED = "crate --compile"
 TARGETS = {
     "step_vs_official": 1.5,  # training step ≥ 1.5× the official formulation at identical outputs
@@ -69,6 +72,8 @@ TARGETS = {
     "srr_speedup_65": 1.0,  # ... and no slower at N=65
     "regularizer_last": 0.10,  # last-layer regulariser ≤ 10% overhead
     "kendall_table_s": kendall_uncertainty.TARGET_S,  # correlation table with uncertainty ≤ 10 s
+    "group_digits": 3.0,  # grouped training ≥ 3× the models/hour of single runs at the demo size ...
+    "group_fmnist": 2.0,  # ... and ≥ 2× at the 28×28 size
 }
 
 
@@ -315,6 +320,11 @@ def study_section(sizes: list[str]) -> dict:
     return {"rows": rows}
 
 
+def group_section(rounds: int) -> dict:
+    rows = group_throughput.run(list(group_throughput.SIZES), [1, 2], members=4, repeats=max(1, rounds - 1))
+    return {"rows": rows}
+
+
 def kendall_section(rounds: int) -> dict:
     row = kendall_uncertainty.measure(rounds=rounds)
     _log(f"kendall: table with uncertainty {row['table_s_median']:.2f} s, without {row['fast_table_s_median']:.2f} s")
@@ -357,6 +367,9 @@ def targets(results: dict) -> list[dict]:
     for r in results.get("regularizer", {}).get("rows", []):
         if r["mode"] == "last":
             add(f"regulariser overhead, last layer, {r['model']}", r["overhead"], TARGETS["regularizer_last"], False, "%")
+    for r in results.get("group", {}).get("rows", []):
+        add(f"grouped vs single training, {r['size']}, {r['workers']} worker(s)", r["ratio"],
+            TARGETS[f"group_{r['size']}"], True)
     for r in results.get("kendall", {}).get("rows", []):
         add(f"correlation table with uncertainty, {r['measures']}×{r['models']}", r["table_s_median"],
             TARGETS["kendall_table_s"], False, "s")
@@ -439,6 +452,8 @@ def markdown(results: dict) -> str:
         lines.append("")
     if "study" in results:
         lines += ["## Study throughput", "", study_throughput.markdown(results["study"]["rows"]), ""]
+    if "group" in results:
+        lines += ["## Grouped training", "", group_throughput.markdown(results["group"]["rows"]), ""]
     if "kendall" in results:
         lines += ["## Correlation table with uncertainty", "",
                   kendall_uncertainty.markdown(results["kendall"]["rows"][0]), ""]
@@ -469,6 +484,8 @@ def run_suite(sections: list[str], sizes: list[str], rounds: int, out_dir: Path,
         results["regularizer"] = regularizer_section(sizes, rounds)
     if "study" in sections:
         results["study"] = study_section(sizes)
+    if "group" in sections:
+        results["group"] = group_section(rounds)
     if "kendall" in sections:
         results["kendall"] = kendall_section(rounds)
     if "threads" in sections:  # last: torch.set_num_threads can break batched LU (module docstring)

@@ -239,3 +239,20 @@ def test_suite_kendall_section_times_the_table_and_checks_its_target(tmp_path, m
     assert target["goal"] == 10.0 and target["met"] == (row["table_s_median"] <= 10.0)
     md = (tmp_path / f"{results['meta']['date']}.md").read_text()
     assert "## Correlation table with uncertainty" in md and "| ≤ 10.00 s |" in md
+
+
+# -- grouped training ------------------------------------------------------------------------
+def test_group_throughput_runs_and_reports_consistent_numbers():
+    import group_throughput
+    import suite
+
+    rows = group_throughput.run(["digits"], [1], members=2, repeats=1, epochs=1)
+    (r,) = rows
+    assert r["members"] == 2 and r["epochs"] == 1 and len(r["alone_s"]) == len(r["grouped_s"]) == 1
+    assert r["ratio"] == pytest.approx(r["alone_s"][0] / r["grouped_s"][0])
+    assert r["grouped_models_per_h"] == pytest.approx(2 * 3600 / r["grouped_s"][0])
+    table = group_throughput.markdown(rows)
+    assert f"{r['ratio']:.2f}×" in table and "| digits | 1 | 2 | 1 |" in table
+    got = {t["target"]: t for t in suite.targets({"group": {"rows": rows}})}
+    verdict = got["grouped vs single training, digits, 1 worker(s)"]
+    assert verdict["goal"] == 3.0 and verdict["met"] == (r["ratio"] >= 3.0)

@@ -1,0 +1,135 @@
+"""Grouped against single training: models per hour of training, interleaved in one run.
+
+A population of ``members`` runs that differ only in seed and learning rate (what a study's grid
+varies within one architecture) is trained for a fixed number of epochs (no stopping rule), once
+as one stacked program (:func:`srrlab.train.group.train_group`) and once run after run
+(:func:`srrlab.train.train`), alternating ``repeats`` times so that drifts of the machine hit both.
+Evaluation after every epoch and the run folders' files are included, as in a study; measures are
+not (they are computed per model either way).
+
+- ``digits``: the demo preset's model (8×8 digits, dim 64, depth 3, 4 heads, batch 64, 1437 images);
+- ``fmnist``: the 28×28 Fashion-MNIST size (dim 64, depth 6, 4 heads, 50 tokens, batch 64) on the
+  first 100 images per class of the embedded subset (1000 images).
+
+``workers`` = 1: one process with one torch thread; 2: two processes at once, each with one thread
+and half the members (as a 2-worker study runs them).
+
+    python benchmarks/group_throughput.py [--sizes digits,fmnist] [--workers 1,2] [--members 4]
+
+Writes ``benchmarks/results/group_throughput-<date>.json`` and prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SIZES: dict[str, dict[str, Any]] = {
+    "digits": dict(model="crate-t-digits", dataset="digits", data_options={}, model_options={"depth": 3},
+                   epochs=4),
+    "fmnist": dict(model="crate-t-fmnist", dataset="fashion-mnist",
+                   data_options={"subset": "embedded", "train_per_class": 100}, model_options={}, epochs=2),
+}
+
+
+def _configs(size: str, members: list[int], epochs: int):
+    from srrlab.train import TrainConfig
+
+    s = SIZES[size]
+    return [TrainConfig(model=s["model"], dataset=s["dataset"], data_options=s["data_options"],
+                        model_options=s["model_options"], epochs=epochs, target_ce=None, batch_size=64,
+                        schedule="constant", seed=m, lr=0.001 * (1 + m % 4), device="cpu") for m in members]
+
+
+def _work(size: str, members: list[int], grouped: bool, root: str, epochs: int) -> float:
+    """Train ``members`` (grouped or one after another) in this process with one thread; seconds."""
+    torch.set_num_threads(1)
+    from srrlab.data import load_dataset
+    from srrlab.train import train
+    from srrlab.train.group import train_group
+
+    cfgs = _configs(size, members, epochs)
+    splits = load_dataset(cfgs[0].dataset, seed=0, **cfgs[0].data_options)
+    dirs = [Path(root) / f"{'g' if grouped else 'a'}{m}" for m in members]
+    t0 = time.perf_counter()
+    if grouped:
+        train_group(cfgs, dirs, splits=splits)
+    else:
+        for cfg, d in zip(cfgs, dirs):
+            train(cfg, d, quiet=True, splits=splits)
+    return time.perf_counter() - t0
+
+
+def measure(size: str, workers: int, members: int, grouped: bool, epochs: int) -> float:
+    """Wall seconds to train ``members`` models for ``epochs`` epochs with ``workers`` processes."""
+    root = tempfile.mkdtemp(prefix="srrlab-group-bench-")
+    try:
+        parts = [list(range(members))[w::workers] for w in range(workers)]
+        if workers == 1:
+            return _work(size, parts[0], grouped, root, epochs)
+        t0 = time.perf_counter()
+        with mp.get_context("spawn").Pool(workers) as pool:
+            pool.starmap(_work, [(size, p, grouped, root, epochs) for p in parts])
+        return time.perf_counter() - t0
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run(sizes: list[str], workers: list[int], members: int, repeats: int,
+        epochs: int | None = None) -> list[dict[str, Any]]:
+    rows = []
+    for size in sizes:
+        n_epochs = epochs or SIZES[size]["epochs"]
+        for w in workers:
+            times: dict[bool, list[float]] = {False: [], True: []}
+            for _ in range(repeats):
+                for grouped in (True, False):  # interleaved
+                    times[grouped].append(measure(size, w, members, grouped, n_epochs))
+            best = {g: min(t) for g, t in times.items()}
+            rows.append(dict(size=size, workers=w, members=members, epochs=n_epochs,
+                             alone_s=times[False], grouped_s=times[True],
+                             alone_models_per_h=members * 3600 / best[False],
+                             grouped_models_per_h=members * 3600 / best[True],
+                             ratio=best[False] / best[True]))
+            print(f"{size} workers={w}: alone {best[False]:.1f} s, grouped {best[True]:.1f} s, "
+                  f"ratio {best[False] / best[True]:.2f}", flush=True)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| size | workers | models | epochs | alone (models/h) | grouped (models/h) | grouped / alone |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['size']} | {r['workers']} | {r['members']} | {r['epochs']} | "
+                     f"{r['alone_models_per_h']:.0f} | {r['grouped_models_per_h']:.0f} | {r['ratio']:.2f}× |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="digits,fmnist")
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--members", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    rows = run(args.sizes.split(","), [int(w) for w in args.workers.split(",")], args.members, args.repeats)
+    out = Path(args.out or Path(__file__).parent / "results" / f"group_throughput-{time.strftime('%Y-%m-%d')}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                                           "torch": torch.__version__}, "rows": rows}, indent=2) + "\n")
+    print(markdown(rows))
+    print(f"results {out}")
+
+
+if __name__ == "__main__":
+    main()
