@@ -8,7 +8,6 @@ and the fix); no traceback; nothing written to stdout; and no file created, chan
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import shutil
 import tarfile
@@ -23,7 +22,7 @@ from srrlab.study.store import StudyStore
 from srrlab.train import TrainConfig, train
 
 from conftest import train_interrupted
-from test_data import idx, make_raw, write_python
+from test_data import _RunsShell, idx, make_raw, write_python
 
 
 # -- fixtures: a finished run and an interrupted one, trained once --------------------------------------------
@@ -68,14 +67,6 @@ def _study(tmp: Path) -> None:
     _spec(tmp)
     with StudyStore(tmp / "st") as store:
         store.attach(StudySpec.from_toml(_SPEC))
-
-
-class _RunsShell:
-    def __init__(self, command: str) -> None:
-        self.command = command
-
-    def __reduce__(self):
-        return (os.system, (self.command,))
 
 
 def _evil_cifar(tmp: Path) -> None:
