@@ -261,3 +261,19 @@ def test_resume_falls_back_to_the_earlier_checkpoint_when_the_newest_is_damaged(
         return [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in rows]
 
     assert numbers(whole) == numbers(damaged) and len(numbers(whole)) == 5
+
+
+def test_a_warning_is_one_line_naming_the_command(runs, tmp_path):
+    import subprocess
+    import sys
+    import warnings
+
+    before = warnings.formatwarning
+    _copy_run(runs, "done", tmp_path)
+    # a 2-epoch digits model misclassifies more than 10% of its training images: the margin warning
+    argv = ["measure", str(tmp_path / "done"), "--measures", "inverse-margin", "--quiet", "--out", str(tmp_path / "m.csv")]
+    proc = subprocess.run([sys.executable, "-m", "srrlab.cli", *argv], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines and all(ln.startswith("srrlab measure: warning: margin γ") for ln in lines), proc.stderr
+    assert main(argv) == 0 and warnings.formatwarning is before  # in-process: restored for the caller

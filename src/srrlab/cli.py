@@ -438,12 +438,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # name the command whose options these are not, as argparse does for every other error
         prog = " ".join(["srrlab", args.command] + [v for k, v in vars(args).items() if k.endswith("_command")])
         print(f"{prog}: error: unrecognized arguments: {' '.join(extra)}; see `{prog} --help`", file=sys.stderr)
         return 2
+    # a warning is one line naming the command, like an error (not Python's file:line + source line)
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, *_a, **_k: f"srrlab {args.command}: warning: {message}\n"
     try:
         return args.func(args)
     except (ValueError, TypeError, OSError) as exc:
@@ -454,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"srrlab {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 if __name__ == "__main__":  # pragma: no cover
