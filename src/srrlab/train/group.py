@@ -12,15 +12,17 @@ folder is a run folder like any other (``srrlab train --resume`` continues it al
 
 Equivalence: a member's steps are those of the run trained alone, computed in another order (the
 batched matrix products and the sum of the members' losses reassociate floating-point sums), so
-weights and losses agree to fp32 round-off per step (tests/test_group.py states the tolerance)
-and drift apart over a run only as two identical runs on different BLAS builds would.
+weights and losses agree to fp32 round-off per step (tests/test_group.py states the tolerance);
+over a run, training amplifies that round-off as it amplifies a change of torch thread count
+(docs/performance.md, "Grouped training", measures both).
 Dropout is not grouped: a run alone draws its masks from the global generator seeded per epoch,
 which a batched program cannot reproduce member by member; runs with dropout, augmentation, the
 SRR regulariser or recording, ``compile`` or ``amp`` are trained alone (:func:`group_blocker`).
 
 Whether grouping pays depends on the hardware: a batched program saves per-operation overhead,
-which dominates on a GPU for these small models but not on a CPU core already busy with the
-arithmetic (docs/performance.md, "Grouped training", has the measurements).
+which is expected to dominate a small model's step on a GPU (not measured yet: no GPU was lent) but
+does not on a CPU core busy with the arithmetic (measured there: 0.87–1.01× the models per hour of
+single runs; docs/performance.md, "Grouped training").
 """
 from __future__ import annotations
 
