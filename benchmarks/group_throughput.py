@@ -15,7 +15,7 @@ not (they are computed per model either way).
 and half the members (as a 2-worker study runs them); the time is the slower worker's training time
 (process start-up excluded, as for a study's long-lived workers).
 
-    python benchmarks/group_throughput.py [--sizes digits,fmnist] [--workers 1,2] [--members 4]
+    python benchmarks/group_throughput.py [--sizes digits,fmnist] [--workers 1,2] [--members 4] [--device cuda]
 
 Writes ``benchmarks/results/group_throughput-<date>.json`` and prints a markdown table.
 """
@@ -42,23 +42,23 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 
 
-def _configs(size: str, members: list[int], epochs: int):
+def _configs(size: str, members: list[int], epochs: int, device: str = "cpu"):
     from srrlab.train import TrainConfig
 
     s = SIZES[size]
     return [TrainConfig(model=s["model"], dataset=s["dataset"], data_options=s["data_options"],
                         model_options=s["model_options"], epochs=epochs, target_ce=None, batch_size=64,
-                        schedule="constant", seed=m, lr=0.001 * (1 + m % 4), device="cpu") for m in members]
+                        schedule="constant", seed=m, lr=0.001 * (1 + m % 4), device=device) for m in members]
 
 
-def _work(size: str, members: list[int], grouped: bool, root: str, epochs: int) -> float:
+def _work(size: str, members: list[int], grouped: bool, root: str, epochs: int, device: str = "cpu") -> float:
     """Train ``members`` (grouped or one after another) in this process with one thread; seconds."""
     torch.set_num_threads(1)
     from srrlab.data import load_dataset
     from srrlab.train import train
     from srrlab.train.group import train_group
 
-    cfgs = _configs(size, members, epochs)
+    cfgs = _configs(size, members, epochs, device)
     splits = load_dataset(cfgs[0].dataset, seed=0, **cfgs[0].data_options)
     dirs = [Path(root) / f"{'g' if grouped else 'a'}{m}" for m in members]
     t0 = time.perf_counter()
@@ -70,23 +70,23 @@ def _work(size: str, members: list[int], grouped: bool, root: str, epochs: int) 
     return time.perf_counter() - t0
 
 
-def measure(size: str, workers: int, members: int, grouped: bool, epochs: int) -> float:
+def measure(size: str, workers: int, members: int, grouped: bool, epochs: int, device: str = "cpu") -> float:
     """Wall seconds to train ``members`` models for ``epochs`` epochs with ``workers`` processes."""
     root = tempfile.mkdtemp(prefix="srrlab-group-bench-")
     try:
         parts = [list(range(members))[w::workers] for w in range(workers)]
         if workers == 1:
-            return _work(size, parts[0], grouped, root, epochs)
+            return _work(size, parts[0], grouped, root, epochs, device)
         # the workers' training time, concurrent (process start-up, imports and data loading excluded,
         # as in a study whose workers live for all its models)
         with mp.get_context("spawn").Pool(workers) as pool:
-            return max(pool.starmap(_work, [(size, p, grouped, root, epochs) for p in parts]))
+            return max(pool.starmap(_work, [(size, p, grouped, root, epochs, device) for p in parts]))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
 def run(sizes: list[str], workers: list[int], members: int, repeats: int,
-        epochs: int | None = None) -> list[dict[str, Any]]:
+        epochs: int | None = None, device: str = "cpu") -> list[dict[str, Any]]:
     rows = []
     for size in sizes:
         n_epochs = epochs or SIZES[size]["epochs"]
@@ -94,9 +94,9 @@ def run(sizes: list[str], workers: list[int], members: int, repeats: int,
             times: dict[bool, list[float]] = {False: [], True: []}
             for _ in range(repeats):
                 for grouped in (True, False):  # interleaved
-                    times[grouped].append(measure(size, w, members, grouped, n_epochs))
+                    times[grouped].append(measure(size, w, members, grouped, n_epochs, device))
             best = {g: min(t) for g, t in times.items()}
-            rows.append(dict(size=size, workers=w, members=members, epochs=n_epochs,
+            rows.append(dict(size=size, workers=w, members=members, epochs=n_epochs, device=device,
                              alone_s=times[False], grouped_s=times[True],
                              alone_models_per_h=members * 3600 / best[False],
                              grouped_models_per_h=members * 3600 / best[True],
@@ -121,9 +121,11 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--members", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (on a GPU: --workers 1 --members 16)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    rows = run(args.sizes.split(","), [int(w) for w in args.workers.split(",")], args.members, args.repeats)
+    rows = run(args.sizes.split(","), [int(w) for w in args.workers.split(",")], args.members, args.repeats,
+               device=args.device)
     out = Path(args.out or Path(__file__).parent / "results" / f"group_throughput-{time.strftime('%Y-%m-%d')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
