@@ -276,4 +276,6 @@ def test_a_warning_is_one_line_naming_the_command(runs, tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert lines and all(ln.startswith("srrlab measure: warning: margin γ") for ln in lines), proc.stderr
-    assert main(argv) == 0 and warnings.formatwarning is before  # in-process: restored for the caller
+    with pytest.warns(UserWarning, match="margin γ"):
+        assert main(argv) == 0
+    assert warnings.formatwarning is before  # in-process: restored for the caller
