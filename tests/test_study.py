@@ -370,3 +370,17 @@ def test_no_group_flag(tiny_spec, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli(["study", "run", str(tiny_spec), "--dir", str(tmp_path / "s"), "--group", "maybe"])
     assert exit_.value.code == 2 and "invalid choice: 'maybe'" in capsys.readouterr().err
+
+
+def test_sigkill_a_grouped_study_then_resume(tiny_spec, tmp_path):
+    reference = run_study(tiny_spec, tmp_path / "ref", group="on", progress=False)
+    study = tmp_path / "s"
+    cmd = [sys.executable, "-m", "srrlab.cli", "study", "run", str(tiny_spec), "--dir", str(study), "--group", "on",
+           "--quiet"]
+    for finished in (0, 2):  # during the first group, during the second
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        _kill_when(study / "study.sqlite", proc, finished)
+    assert cli(["study", "run", str(tiny_spec), "--dir", str(study), "--group", "on", "--quiet"]) == 0
+    table = StudyStore(study).table()
+    pd.testing.assert_frame_equal(_values(table), _values(reference))  # bit-identical, as single runs resume
+    assert sorted(p.name for p in (study / "runs").iterdir()) == sorted(table["id"])
