@@ -5,7 +5,9 @@ varies within one architecture) is trained for a fixed number of epochs (no stop
 as one stacked program (:func:`srrlab.train.group.train_group`) and once run after run
 (:func:`srrlab.train.train`), alternating ``repeats`` times so that drifts of the machine hit both.
 Evaluation after every epoch and the run folders' files are included, as in a study; measures are
-not (they are computed per model either way).
+not (they are computed per model either way). The ``draws`` part times the four PAC-Bayes measures of
+one trained model with their Monte-Carlo draws evaluated one forward each and as one batched forward
+(``MeasureSettings.batch_draws``), at 2 and 10 draws.
 
 - ``digits``: the demo preset's model (8×8 digits, dim 64, depth 3, 4 heads, batch 64, 1437 images);
 - ``fmnist``: the 28×28 Fashion-MNIST size (dim 64, depth 6, 4 heads, 50 tokens, batch 64) on the
@@ -106,6 +108,41 @@ def run(sizes: list[str], workers: list[int], members: int, repeats: int,
     return rows
 
 
+PACBAYES = ["pacbayes-init", "pacbayes-orig", "pacbayes-mag-init", "pacbayes-mag-orig"]
+
+
+def draws(size: str, mc_samples: int, repeats: int = 2, epochs: int = 3) -> dict[str, Any]:
+    """Seconds of the four PAC-Bayes measures of one trained model, Monte-Carlo draws one forward
+    each against all draws in one batched forward (``MeasureSettings.batch_draws``), interleaved."""
+    torch.set_num_threads(1)
+    from srrlab.data import load_dataset
+    from srrlab.measures import MeasureSettings, compute_measures
+    from srrlab.train import train
+
+    (cfg,) = _configs(size, [0], epochs)
+    splits = load_dataset(cfg.dataset, seed=0, **cfg.data_options)
+    root = tempfile.mkdtemp(prefix="srrlab-draws-bench-")
+    try:
+        model = train(cfg, Path(root) / "run", quiet=True, splits=splits).model
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    values = {}
+    for _ in range(repeats):
+        for batched in (False, True):
+            settings = MeasureSettings(max_images=300, mc_samples=mc_samples, search_iterations=8,
+                                       batch_draws=batched)
+            t0 = time.perf_counter()
+            values[batched] = compute_measures(model, init=model, data=splits.train, measures=PACBAYES,
+                                               settings=settings)
+            times[batched].append(time.perf_counter() - t0)
+    row = dict(size=size, mc_samples=mc_samples, one_by_one_s=min(times[False]), batched_s=min(times[True]),
+               ratio=min(times[False]) / min(times[True]), same_values=values[False] == values[True])
+    print(f"draws {size} mc={mc_samples}: one by one {row['one_by_one_s']:.2f} s, batched {row['batched_s']:.2f} s, "
+          f"ratio {row['ratio']:.2f}, same values {row['same_values']}", flush=True)
+    return row
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| size | workers | models | epochs | alone (models/h) | grouped (models/h) | grouped / alone |",
              "|---|---:|---:|---:|---:|---:|---:|"]
@@ -121,16 +158,24 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--members", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--parts", default="training,draws",
+                        help="training (grouped vs single training) and/or draws (PAC-Bayes draws batched or not)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (on a GPU: --workers 1 --members 16)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    rows = run(args.sizes.split(","), [int(w) for w in args.workers.split(",")], args.members, args.repeats,
-               device=args.device)
+    sizes = args.sizes.split(",")
+    rows = run(sizes, [int(w) for w in args.workers.split(",")], args.members, args.repeats,
+               device=args.device) if "training" in args.parts else []
+    draw_rows = [draws(size, mc) for size in sizes for mc in (2, 10)] if "draws" in args.parts else []
     out = Path(args.out or Path(__file__).parent / "results" / f"group_throughput-{time.strftime('%Y-%m-%d')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(out.read_text()) if out.exists() else {}
     out.write_text(json.dumps({"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                                           "torch": torch.__version__}, "rows": rows}, indent=2) + "\n")
-    print(markdown(rows))
+                                           "torch": torch.__version__},
+                               "rows": rows or previous.get("rows", []),
+                               "draws": draw_rows or previous.get("draws", [])}, indent=2) + "\n")
+    if rows:
+        print(markdown(rows))
     print(f"results {out}")
 
 

@@ -256,3 +256,11 @@ def test_group_throughput_runs_and_reports_consistent_numbers():
     got = {t["target"]: t for t in suite.targets({"group": {"rows": rows}})}
     verdict = got["grouped vs single training, digits, 1 worker(s)"]
     assert verdict["goal"] == 3.0 and verdict["met"] == (r["ratio"] >= 3.0)
+
+
+def test_group_throughput_draws_part_times_the_same_values():
+    import group_throughput
+
+    row = group_throughput.draws("digits", 2, repeats=1, epochs=1)
+    assert row["same_values"] is True and row["mc_samples"] == 2
+    assert row["ratio"] == pytest.approx(row["one_by_one_s"] / row["batched_s"])

@@ -307,3 +307,18 @@ def test_flatness_is_larger_for_a_sharper_model():
     b = {n: MEASURES[n](_toy_ctx(w, 0.75, mc_samples=2)) for n in flat}
     for n in flat:
         assert b[n] > 2 * a[n], (n, a[n], b[n])
+
+
+@pytest.mark.parametrize("magnitude", [False, True])
+def test_batched_draws_equal_one_forward_per_draw(trained, magnitude):
+    """settings.batch_draws evaluates the same Monte-Carlo draws in one vmapped forward."""
+    one, batched = _ctx(trained), _ctx(trained, batch_draws=True)
+    n = len(one.images)
+    for sigma in (0.01, 0.05, 0.2):
+        a = fl.expected_accuracy(one, sigma, magnitude)
+        b = fl.expected_accuracy(batched, sigma, magnitude)
+        assert b == pytest.approx(a, abs=1.0 / n)  # at most one argmax near-tie per draw may flip
+    assert 0.0 < fl.expected_accuracy(batched, 0.05, magnitude) < 1.0
+    # the model in the context is untouched and the searches agree
+    s_one, s_batched = fl.perturbation_scale(one, "pacbayes"), fl.perturbation_scale(batched, "pacbayes")
+    assert s_batched.scale == pytest.approx(s_one.scale, rel=0.05)

@@ -50,6 +50,10 @@ class MeasureSettings:
     ``ascent_steps`` (5) steps on minibatches of ``ascent_batch_size`` (256) images, from
     ``ascent_restarts`` (2) uniform random starts, the worst kept. ``magnitude_eps`` (1e-3) is the
     ε of the magnitude-aware variants (noise std σ'|w| + ε; box |u| ≤ α'(|w| + ε)).
+    ``batch_draws`` (False): evaluate a PAC-Bayes estimate's ``mc_samples`` perturbed copies as one
+    ``vmap`` forward instead of one forward each — the same draws, numbers equal up to
+    floating-point reassociation (a near-tie in an argmax may fall the other way); off by default
+    because on a CPU it does not pay (docs/performance.md, "Grouped training").
     """
 
     max_images: int | None = 2000
@@ -74,6 +78,7 @@ class MeasureSettings:
     ascent_restarts: int = 2
     ascent_batch_size: int = 256
     magnitude_eps: float = 1e-3
+    batch_draws: bool = False  # evaluate the Monte-Carlo draws of a PAC-Bayes estimate as one batched forward
 
     def __post_init__(self) -> None:
         check_types(self)

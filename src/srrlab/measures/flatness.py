@@ -147,12 +147,35 @@ def expected_accuracy(ctx: MeasureContext, sigma: float, magnitude: bool = False
     kind = kind or ("pacbayes-mag" if magnitude else "pacbayes")
     work = _perturbed(ctx)
     eps = s.magnitude_eps if magnitude else None
+    draws = range(first_draw, first_draw + (samples or s.mc_samples))
+    if s.batch_draws and len(draws) > 1:
+        noises = [gaussian_noise(work.weights, sigma, _generator(s.seed, kind, k), eps) for k in draws]
+        return sum(_batched_accuracies(ctx, work, noises)) / len(noises)
     accs = []
-    for k in range(first_draw, first_draw + (samples or s.mc_samples)):
+    for k in draws:
         noise = gaussian_noise(work.weights, sigma, _generator(s.seed, kind, k), eps)
         accs.append(ctx.accuracy_of(work.set(noise)))
     work.set(None)
     return sum(accs) / len(accs)
+
+
+@torch.no_grad()
+def _batched_accuracies(ctx: MeasureContext, work: _Perturbed, noises: list[list[torch.Tensor]]) -> list[float]:
+    """The training accuracy of ``w + u`` for every draw ``u`` of ``noises``, all draws in one
+    ``torch.func.vmap`` forward per image batch (``settings.batch_draws``): the same numbers as one
+    forward per draw up to floating-point reassociation (an argmax tie may fall the other way)."""
+    from torch.func import functional_call, vmap
+
+    model = work.set(None)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    fixed = {n: p for n, p in model.named_parameters() if not p.requires_grad}
+    fixed.update(dict(model.named_buffers()))
+    stacked = {n: torch.stack([w + u[i] for u in noises]) for i, (n, w) in enumerate(zip(names, work.weights))}
+    forward = vmap(lambda p, x: functional_call(model, {**p, **fixed}, (x,)), in_dims=(0, None))
+    bs = ctx.settings.batch_size
+    correct = sum((forward(stacked, ctx.images[i:i + bs]).argmax(-1) == ctx.labels[i:i + bs]).double().sum(1)
+                  for i in range(0, len(ctx.images), bs))
+    return (correct / len(ctx.images)).tolist()
 
 
 def _ascent_batches(ctx: MeasureContext, generator: torch.Generator) -> list[torch.Tensor]:
