@@ -111,7 +111,7 @@ def run(sizes: list[str], workers: list[int], members: int, repeats: int,
 PACBAYES = ["pacbayes-init", "pacbayes-orig", "pacbayes-mag-init", "pacbayes-mag-orig"]
 
 
-def draws(size: str, mc_samples: int, repeats: int = 2, epochs: int = 3) -> dict[str, Any]:
+def draws(size: str, mc_samples: int, repeats: int = 2, epochs: int = 3, device: str = "cpu") -> dict[str, Any]:
     """Seconds of the four PAC-Bayes measures of one trained model, Monte-Carlo draws one forward
     each against all draws in one batched forward (``MeasureSettings.batch_draws``), interleaved."""
     torch.set_num_threads(1)
@@ -119,7 +119,7 @@ def draws(size: str, mc_samples: int, repeats: int = 2, epochs: int = 3) -> dict
     from srrlab.measures import MeasureSettings, compute_measures
     from srrlab.train import train
 
-    (cfg,) = _configs(size, [0], epochs)
+    (cfg,) = _configs(size, [0], epochs, device)
     splits = load_dataset(cfg.dataset, seed=0, **cfg.data_options)
     root = tempfile.mkdtemp(prefix="srrlab-draws-bench-")
     try:
@@ -136,7 +136,7 @@ def draws(size: str, mc_samples: int, repeats: int = 2, epochs: int = 3) -> dict
             values[batched] = compute_measures(model, init=model, data=splits.train, measures=PACBAYES,
                                                settings=settings)
             times[batched].append(time.perf_counter() - t0)
-    row = dict(size=size, mc_samples=mc_samples, one_by_one_s=min(times[False]), batched_s=min(times[True]),
+    row = dict(size=size, mc_samples=mc_samples, device=device, one_by_one_s=min(times[False]), batched_s=min(times[True]),
                ratio=min(times[False]) / min(times[True]), same_values=values[False] == values[True])
     print(f"draws {size} mc={mc_samples}: one by one {row['one_by_one_s']:.2f} s, batched {row['batched_s']:.2f} s, "
           f"ratio {row['ratio']:.2f}, same values {row['same_values']}", flush=True)
@@ -166,7 +166,8 @@ def main() -> None:
     sizes = args.sizes.split(",")
     rows = run(sizes, [int(w) for w in args.workers.split(",")], args.members, args.repeats,
                device=args.device) if "training" in args.parts else []
-    draw_rows = [draws(size, mc) for size in sizes for mc in (2, 10)] if "draws" in args.parts else []
+    draw_rows = [draws(size, mc, device=args.device) for size in sizes for mc in (2, 10)] \
+        if "draws" in args.parts else []
     out = Path(args.out or Path(__file__).parent / "results" / f"group_throughput-{time.strftime('%Y-%m-%d')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(out.read_text()) if out.exists() else {}
