@@ -14,7 +14,14 @@ import torch
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
-__all__ = ["atomic_write", "to_json", "write_json", "read_json", "write_jsonl", "read_jsonl", "save_weights", "load_weights"]
+__all__ = ["atomic_write", "error_line", "to_json", "write_json", "read_json", "write_jsonl", "read_jsonl", "save_weights", "load_weights"]
+
+
+def error_line(exc: BaseException, limit: int | None = None) -> str:
+    """``Type: first line of the message`` (at most ``limit`` characters of it): how an error met
+    while reading or setting something up is quoted inside srrlab's own one-line messages."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first if limit is None else first[:limit]}"
 
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> Path:
@@ -115,8 +122,7 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         return load_file(os.fspath(path))
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for a damaged file
-        first = (str(exc).strip().splitlines() or [""])[0][:160]
-        raise ValueError(f"{path} is damaged or not a safetensors file ({type(exc).__name__}: {first}); restore "
+        raise ValueError(f"{path} is damaged or not a safetensors file ({error_line(exc, 160)}); restore "
                          "it, or delete its run folder and train again") from None
 
 

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..data import ImageDataset, Splits, augment, load_dataset, rand_augment, random_resized_crop
-from ..io import atomic_write, load_weights, read_json, save_weights, write_json
+from ..io import atomic_write, error_line, load_weights, read_json, save_weights, write_json
 from ..models import CRATE, model_config
 from ..data import DATASETS
 from ..options import EXECUTION_SETTINGS, check_keys, check_types, option
@@ -318,8 +318,7 @@ class Trainer:
         except Exception as exc:  # noqa: BLE001 - any backend failure becomes one clear message
             self.forward, self.forward_layers = self.model, self.model.forward_layers
             self.model.zero_grad(set_to_none=True)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise ValueError(f"torch.compile failed to set up ({type(exc).__name__}: {first}); "
+            raise ValueError(f"torch.compile failed to set up ({error_line(exc)}); "
                              "train without it (drop --compile)") from exc
         self.compile_s = time.perf_counter() - t0
 
@@ -365,8 +364,7 @@ class Trainer:
                         state = torch.load(path, map_location=self.device, weights_only=True)
                         self.optimizer.load_state_dict(state)
                 except Exception as exc:  # noqa: BLE001 - any failure to read a file means it is damaged
-                    first = (str(exc).strip().splitlines() or [""])[0][:160]
-                    damaged.append(f"{path} ({type(exc).__name__}: {first})")
+                    damaged.append(f"{path} ({error_line(exc, 160)})")
                     break
             else:
                 if damaged:
