@@ -121,13 +121,14 @@ def execute_group(spec_source: str, members: list[tuple[str, dict[str, Any], str
                 trained = train_group(cfgs, [f.path for f in folders], splits=splits)
             except Exception as exc:  # noqa: BLE001 - recorded, never raised
                 return [(run_id, _failed(exc)) for run_id, _, _ in members]
+            training = list(caught)  # the group's training warnings belong to every member, as alone
             for (run_id, _, _), folder, result in zip(members, folders, trained):
                 caught.clear()
                 try:
                     row = _measure(spec, folder, result.status, result.summary, splits)
                 except Exception as exc:  # noqa: BLE001
                     row = _failed(exc)
-                notes = list(dict.fromkeys(str(w.message) for w in caught
+                notes = list(dict.fromkeys(str(w.message) for w in training + caught
                                            if not issubclass(w.category, DeprecationWarning)))
                 row["warnings"] = notes or None
                 out.append((run_id, row))
