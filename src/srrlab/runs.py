@@ -30,7 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .models import CRATE
 
 __all__ = ["RunFolder", "tidy_row", "run_hparams", "variant_of", "RUN_STATUSES", "STUDY_STATUSES", "FINAL_STATUSES",
-           "MEASURABLE_STATUSES", "CORRELATED_STATUSES", "STATUS_OF_RUN", "GEN_KEYS", "RECORD_KEYS"]
+           "MEASURABLE_STATUSES", "CORRELATED_STATUSES", "STATUS_OF_RUN", "GEN_KEYS", "RECORD_KEYS",
+           "READING_SEP", "measure_key", "parse_measure_key"]
 
 # -- statuses ---------------------------------------------------------------------------------
 #: ``summary.json`` status of a training run: still ``running``; stopped at the target CE
@@ -54,6 +55,9 @@ GEN_KEYS = ("status", "epochs", "train_ce", "test_ce", "train_acc", "test_acc", 
 #: ``gen.*`` columns that say how the row was measured (:func:`srrlab.measures.compute_measures`' record).
 RECORD_KEYS = ("protocol", "measure_network", "protocol_train_acc", "protocol_images")
 #: The TrainConfig fields a single run's row carries as ``hp.*`` (besides the model options).
+#: A measure taken on a second network reading is keyed ``<name>@<network>`` (its column
+#: ``measure.<name>@<network>``); the plain ``<name>`` is the reading in ``gen.measure_network``.
+READING_SEP = "@"
 _RUN_HP_KEYS = ("model", "dataset", "lr", "batch_size", "weight_decay", "optimizer", "epochs", "seed", "augment")
 
 
@@ -69,6 +73,21 @@ def run_hparams(config: Mapping[str, Any]) -> dict[str, Any]:
     and every model option."""
     train = config["train"]
     return {**{k: train[k] for k in _RUN_HP_KEYS}, **train["model_options"]}
+
+
+def measure_key(name: str, network: str | None = None) -> str:
+    """The key (and, after ``measure.``, the column name) of measure ``name`` taken on ``network``:
+    ``name`` itself for the primary reading (``network=None``), ``name@network`` for another one."""
+    return name if network is None else f"{name}{READING_SEP}{network}"
+
+
+def parse_measure_key(key: str) -> tuple[str, str | None]:
+    """``"l2@protocol"`` → ``("l2", "protocol")``; ``"l2"`` → ``("l2", None)`` (the primary reading).
+    A ``measure.`` prefix is removed first."""
+    if key.startswith("measure."):
+        key = key[len("measure."):]
+    name, sep, network = key.partition(READING_SEP)
+    return (name, network) if sep else (name, None)
 
 
 def tidy_row(hp: Mapping[str, Any], summary: Mapping[str, Any] | None = None,
