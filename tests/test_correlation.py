@@ -11,6 +11,7 @@ import pytest
 from scipy import stats
 
 from srrlab import correlation
+from srrlab.correlation import uncertainty
 from srrlab.correlation import (
     KendallTest,
     PairedComparison,
@@ -101,7 +102,7 @@ def test_kendall_tau_degenerate_and_chunked():
     assert math.isnan(kendall_tau([1.0, np.nan], [2.0, 3.0]))
     with pytest.raises(ValueError):
         kendall_tau([1, 2, 3], [1, 2])
-    import srrlab.correlation as corr
+    import srrlab.correlation.rank as corr
 
     rng = np.random.default_rng(3)
     x, y = rng.integers(0, 5, size=300), rng.normal(size=300)
@@ -459,11 +460,11 @@ def test_bootstrap_tau_equals_naive_tau_of_the_resampled_arrays():
     n, B = 12, 300
     x = np.round(rng.normal(size=n), 1)  # a few ties too
     y = x + rng.normal(size=n)
-    idx = correlation._bootstrap_resamples(n, B, seed=5)
+    idx = uncertainty._bootstrap_resamples(n, B, seed=5)
     assert idx.shape == (B, n)
     naive = np.array([naive_resample_tau(x, y, i) for i in idx])
-    ranks = correlation._dense_ranks
-    _, boot, _, _ = correlation._tau_draws(ranks(x)[None], ranks(y), 0, B, 5)
+    ranks = uncertainty._dense_ranks
+    _, boot, _, _ = uncertainty._tau_draws(ranks(x)[None], ranks(y), 0, B, 5)
     np.testing.assert_allclose(boot[0], naive, rtol=0, atol=1e-12)
     r = kendall_test(x, y, permutations=0, bootstrap=B, seed=5, confidence=0.9)
     assert math.isnan(r.p_value) and r.permutations == 0
