@@ -102,3 +102,43 @@ def test_measure_run_row_is_the_tidy_row(run):
     assert all(row[k] == expected[k] for k in gen)  # status, gaps, accuracies, wall time from the summary
     assert row["hp.variant"] == config["model"]["variant"] == "crate-n"
     assert row["gen.protocol"] == "layernorm=pre sparsity=count rate=gamma1" and row["gen.protocol_images"] > 0
+
+
+def test_read_tidy_table_reads_back_what_to_csv_wrote(tmp_path):
+    """The round trip of a tidy table through DataFrame.to_csv(index=False), as the reports write it:
+    bit-identical floats, the dtypes of the original, None/NaN, text with commas, quotes and new lines."""
+    import math
+
+    import pandas as pd
+
+    from srrlab.runs import read_tidy_table
+
+    hp = [{"model": "crate-t-digits", "lr": 0.1, "dim": 64, "augment": True, "arm": "CE", "srr_layers": "2",
+           "target_ce": None, "optimizer": "adam"},
+          {"model": "crate-digits", "lr": 1e-300, "dim": 128, "arm": "CE+SRR, \"last\"", "srr_layers": "4",
+           "target_ce": 0.01, "srr_l1": 5},
+          {"model": "crate-c-digits", "lr": 1 / 3, "dim": 128, "augment": False, "arm": "B", "srr_layers": "4",
+           "target_ce": None}]
+    summaries = [{"status": "converged", "epochs": 3, "train_ce": 1 / 3, "test_acc": -0.0}, None,
+                 {"status": "not-converged", "epochs": 7, "train_ce": math.nan, "test_acc": 5e-324}]
+    measures = [{"srr": math.nan, "l2": 2.5}, {"srr": 1.5, "l2": -0.0}, None]
+    rows = [tidy_row(h, s, m, measure_names=["srr", "l2", "path-norm"], id=i, status=st, error=e, warnings=w,
+                     attempts=a)
+            for h, s, m, i, st, e, w, a in zip(hp, summaries, measures, ["0123456789ab", "1e4500000000", "abc"],
+                                                  ["done", "failed", "not-converged"],
+                                                  [None, "Error: \"x\", y\n  line 2", None],
+                                                  ["a, b", None, "σ ≤ 0"], [1, 2, 0])]
+    table = pd.DataFrame(rows)
+    assert {str(table[c].dtype) for c in ("hp.lr", "hp.dim", "hp.augment", "hp.srr_l1", "measure.path-norm")} == \
+        {"float64", "int64", "object"}
+    path = tmp_path / "runs.csv"
+    table.to_csv(path, index=False)
+    back = read_tidy_table(path, text=["hp.srr_layers"])
+    pd.testing.assert_frame_equal(back, table, check_exact=True)
+    assert back.to_csv(index=False) == path.read_text()
+    assert back["id"].tolist() == ["0123456789ab", "1e4500000000", "abc"]  # ids are text
+    assert math.copysign(1.0, back.loc[0, "gen.test_acc"]) == -1.0 and back.loc[2, "gen.test_acc"] == 5e-324
+    # a text setting whose every value reads as a number comes back as text only when named
+    assert read_tidy_table(path)["hp.srr_layers"].tolist() == [2, 4, 4]
+    (tmp_path / "empty.csv").write_text("")
+    assert read_tidy_table(tmp_path / "empty.csv").empty

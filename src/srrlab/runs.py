@@ -16,7 +16,9 @@ produce (docs/study.md). The status words of runs and of study points live here 
 """
 from __future__ import annotations
 
+import csv
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,13 +27,14 @@ from .io import load_weights, read_json, read_jsonl, save_weights, write_json, w
 from .options import EXECUTION_SETTINGS
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
     import torch
 
     from .models import CRATE
 
 __all__ = ["RunFolder", "tidy_row", "run_hparams", "variant_of", "RUN_STATUSES", "STUDY_STATUSES", "FINAL_STATUSES",
            "MEASURABLE_STATUSES", "CORRELATED_STATUSES", "STATUS_OF_RUN", "GEN_KEYS", "RECORD_KEYS",
-           "READING_SEP", "measure_key", "parse_measure_key"]
+           "READING_SEP", "measure_key", "parse_measure_key", "read_tidy_table", "TEXT_COLUMNS"]
 
 # -- statuses ---------------------------------------------------------------------------------
 #: ``summary.json`` status of a training run: still ``running``; stopped at the target CE
@@ -110,6 +113,59 @@ def tidy_row(hp: Mapping[str, Any], summary: Mapping[str, Any] | None = None,
     return row
 
 
+#: Columns of a tidy table that hold text whatever their values look like (a run id may be all digits).
+TEXT_COLUMNS = ("run", "id", "status", "error", "warnings", "hp.model", "hp.variant", "hp.dataset", "gen.status",
+                "gen.protocol", "gen.measure_network")
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?inf")
+_BOOL = {"True": True, "False": False}
+
+
+def read_tidy_table(path: str | os.PathLike, *, text: Iterable[str] = ()) -> pd.DataFrame:
+    """A tidy table written with ``DataFrame.to_csv(path, index=False)`` (a study's or an export's
+    ``runs.csv``, ``srrlab measure``'s CSV), read back as the table that was written.
+
+    Each cell becomes the Python value it was written from and the frame is built from those rows as
+    :func:`tidy_row`'s records are, so dtypes come out as in the original (``StudyStore.table()``):
+    floats bit-identical (pandas writes the shortest repr), ``int64``/``float64``/``bool``/text columns,
+    an empty cell as None — except in ``hp.*`` columns, where it is a setting the row lacks (a grouped
+    axis that sets it in other rows only), as in the original. A column is text when it is one of
+    :data:`TEXT_COLUMNS` or ``text``, or when any of its cells is neither a number nor True/False;
+    a text column whose every value reads as a number (a setting ``"2"``) must be named in ``text``
+    (:func:`srrlab.study.transfer.read_results` names a study's from its spec). Limits, where CSV
+    cannot tell: an empty string reads as None, a column without any value as None in every row
+    (``object``, whether it held None or NaN), and None and NaN read alike (pandas compares them equal).
+    """
+    import pandas as pd
+
+    with open(path, encoding="utf-8", newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows or rows[0] == []:
+        return pd.DataFrame()
+    header, body = rows[0], rows[1:]
+    bad = [i + 2 for i, r in enumerate(body) if len(r) != len(header)]
+    if bad:
+        raise ValueError(f"{path}: line(s) {', '.join(map(str, bad[:5]))} have a different number of cells than the "
+                         f"header ({len(header)}): not a table written by DataFrame.to_csv; restore the file")
+    text = set(TEXT_COLUMNS) | set(text)
+    columns = [_cells(name, [r[j] for r in body], name in text) for j, name in enumerate(header)]
+    records = [{name: col[i] for name, col in zip(header, columns) if col[i] is not _LACKS}
+               for i in range(len(body))]
+    return pd.DataFrame(records).reindex(columns=header)
+
+
+_LACKS = object()  # an hp.* cell of a row that lacks the setting: left out of its record
+
+
+def _cells(name: str, cells: list[str], text: bool) -> list[Any]:
+    """The Python values of one column's cells (see :func:`read_tidy_table`)."""
+    empty = None if not name.startswith("hp.") or all(c == "" for c in cells) else _LACKS
+    if not text and all(c == "" or c in _BOOL or _FLOAT.fullmatch(c) for c in cells):
+        return [empty if c == "" else _BOOL[c] if c in _BOOL else int(c) if _INT.fullmatch(c) else float(c)
+                for c in cells]
+    return [empty if c == "" else c for c in cells]
+
+
 # -- the run folder ---------------------------------------------------------------------------
 class RunFolder:
     """One training run's folder: the names of its files, and reading and writing them.
@@ -125,6 +181,8 @@ class RunFolder:
     CHECKPOINT = "checkpoint"
     LATEST = "latest.json"  # inside CHECKPOINT: the pointer to the newest complete checkpoint
     WEIGHTS = {"init": "weights_init.safetensors", "final": "weights_final.safetensors"}
+    #: The files that hold a run's results, everything but the checkpoint (what a study export carries).
+    RESULT_FILES = (CONFIG, SUMMARY, METRICS, LAYERWISE, *WEIGHTS.values())
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)

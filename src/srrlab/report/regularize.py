@@ -12,6 +12,7 @@ and seeds (:func:`srrlab.study.run_regularize`). Output:
 - :func:`plot_regularization`: a bar plot (a panel per dataset, bars per arm from zero, error
   bars = std, one dot per seed);
 - :func:`verdict_sentences`: one plain sentence per variant and regularised arm;
+- :func:`regularization_tables`: the text of each CSV table the report writes (:data:`REPORT_TABLES`);
 - :func:`write_regularization_report`: all of it into ``regularize.md`` + CSVs + PNG.
 
 **Verdict.** With ``Δ_s`` the test-accuracy difference (regularised − CE) of the runs with the
@@ -35,8 +36,12 @@ from ..runs import MEASURABLE_STATUSES
 from .format import colour_palette, fence, md_escape, md_table, new_figure, save_png, short_error
 
 __all__ = ["arm_label", "regularization_summary", "paper_table", "plot_regularization", "verdict_sentences",
-           "write_regularization_report", "VERDICTS", "DATASET_NAMES", "display_variant"]
+           "regularization_tables", "write_regularization_report", "REPORT_TABLES", "VERDICTS", "DATASET_NAMES",
+           "display_variant"]
 
+#: The CSV tables of the report: the summary (:func:`regularization_summary`) and the runs with the
+#: columns the report groups by.
+REPORT_TABLES = ("regularize-summary.csv", "regularize-runs.csv")
 #: Verdicts of a regularised arm against its CE baseline.
 VERDICTS = ("helped", "within seed spread", "hurt", "one seed", "no baseline")
 #: How datasets are written in tables and figures.
@@ -274,7 +279,7 @@ def plot_regularization(summary: pd.DataFrame, runs: pd.DataFrame, path: str | o
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(_dataset_name(d) if d else "test accuracy")
         ax.grid(axis="y", alpha=0.3, zorder=0)
-    handles, labels = {}, []
+    handles = {}
     for ax in axes:  # one legend for all panels, below them
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
@@ -282,6 +287,18 @@ def plot_regularization(summary: pd.DataFrame, runs: pd.DataFrame, path: str | o
                fontsize=8, frameon=False)
     fig.suptitle("SRR regularisation: test accuracy, mean ± std over seeds (dots: seeds)", fontsize=10)
     return save_png(fig, path)
+
+
+def _table_texts(summary: pd.DataFrame, runs: pd.DataFrame) -> dict[str, str]:
+    """The text of each of :data:`REPORT_TABLES` (``DataFrame.to_csv(index=False)``)."""
+    return dict(zip(REPORT_TABLES, (summary.to_csv(index=False), runs.to_csv(index=False))))
+
+
+def regularization_tables(table: pd.DataFrame, *, axes: Sequence[str] = (), arm_axis: str | None = None
+                          ) -> dict[str, str]:
+    """``{file name: text}`` of each CSV table :func:`write_regularization_report` writes for ``table``
+    (same arguments), byte for byte: what a committed table must equal."""
+    return _table_texts(regularization_summary(table, axes=axes, arm_axis=arm_axis), _runs_frame(table, axes, arm_axis))
 
 
 def write_regularization_report(table: pd.DataFrame, out_dir: str | os.PathLike, *, axes: Sequence[str] = (),
@@ -294,8 +311,8 @@ def write_regularization_report(table: pd.DataFrame, out_dir: str | os.PathLike,
     summary = regularization_summary(table, axes=axes, arm_axis=arm_axis)
     runs = _runs_frame(table, axes, arm_axis)
     usable = runs[runs["ok"]]
-    atomic_write(out / "regularize-summary.csv", lambda tmp: summary.to_csv(tmp, index=False))
-    atomic_write(out / "regularize-runs.csv", lambda tmp: runs.to_csv(tmp, index=False))
+    for name, text in _table_texts(summary, runs).items():
+        atomic_write(out / name, lambda tmp, text=text: Path(tmp).write_bytes(text.encode("utf-8")))
     figure = None
     if not summary.empty and summary["seeds"].sum() > 0:
         figure = plot_regularization(summary[summary["seeds"] > 0], usable, out / "regularize.png")

@@ -6,7 +6,10 @@ cross-entropy, the baseline) and runs with ``srr_reg > 0`` (a layer choice, an Î
 either a grouped axis (values are tables of settings with a ``name``, e.g. ``arm = [{name =
 "CE", srr_reg = 0.0}, {name = "CE+SRR (last)", srr_reg = 0.001, srr_layers = "last"}]``) or
 plain ``srr_reg``/``srr_layers`` axes. Storage, resumption and execution (sequential or Dask)
-are the study's: rerunning the same command continues where it stopped.
+are the study's: rerunning the same command continues where it stopped. The report's tables
+re-derive from the tidy table alone: :func:`report_regularize` also reads a folder holding only
+``runs.csv`` + ``spec.toml`` (results committed under ``docs/results/<name>/``), and
+:func:`regularize_tables` gives the text of each table for a table and spec.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from .runner import run_study
 from .spec import SpecError, StudySpec, load_spec
 from .store import DB_NAME, StudyStore
 
-__all__ = ["load_regularize_spec", "arm_axis", "run_regularize", "report_regularize"]
+__all__ = ["load_regularize_spec", "arm_axis", "run_regularize", "report_regularize", "regularize_tables"]
 
 
 def load_regularize_spec(spec: str | os.PathLike | StudySpec) -> StudySpec:
@@ -55,16 +58,31 @@ def _write_report(spec: StudySpec, table: pd.DataFrame, directory: str | os.Path
                                        title=f"srrlab regularisation experiment: {spec.name}", spec_text=spec.source)
 
 
+def regularize_tables(spec: StudySpec, table: pd.DataFrame) -> dict[str, str]:
+    """``{file name: text}`` of each CSV table the report of ``spec``'s experiment writes for the tidy
+    ``table`` (:func:`srrlab.report.regularize.regularization_tables`), byte for byte."""
+    from ..report.regularize import regularization_tables
+
+    return regularization_tables(table, axes=spec.axes, arm_axis=arm_axis(spec))
+
+
 def report_regularize(directory: str | os.PathLike) -> dict[str, Any]:
     """Write the report of the regularisation experiment in ``directory`` (see
-    :func:`srrlab.report.regularize.write_regularization_report`) from its store, finished or not."""
-    if not (Path(directory) / DB_NAME).exists():
-        raise FileNotFoundError(f"{directory} holds no experiment (no {DB_NAME}); "
+    :func:`srrlab.report.regularize.write_regularization_report`), finished or not: from its store, or,
+    in a folder without one, from its ``runs.csv`` and ``spec.toml`` (:func:`srrlab.study.transfer.read_results`:
+    an export, or results committed under ``docs/results/<name>/``)."""
+    from .transfer import SPEC_FILE, TABLE_FILE, read_results
+
+    directory = Path(directory)
+    if (directory / DB_NAME).exists():
+        with StudyStore(directory) as store:
+            spec, table = store.spec(), store.table()
+    elif (directory / TABLE_FILE).exists() and (directory / SPEC_FILE).exists():
+        spec, table = read_results(directory)
+    else:
+        raise FileNotFoundError(f"{directory} holds no experiment (no {DB_NAME}, nor {TABLE_FILE} + {SPEC_FILE}); "
                                 f"run `srrlab regularize run SPEC --dir {directory}`")
-    with StudyStore(directory) as store:
-        spec = store.spec()
-        table = store.table()
-    return _write_report(spec, table, directory)
+    return _write_report(load_regularize_spec(spec), table, directory)
 
 
 def run_regularize(spec: str | os.PathLike | StudySpec, directory: str | os.PathLike, *, workers: int = 0,
