@@ -15,7 +15,8 @@ def _sparsity(ctx: MeasureContext, form: str):
     return ctx.settings.srr_lam * (t["l0"] if form == "count" else t["fraction"])
 
 
-@register("srr", reference="Hu, Zou & Xu 2024, eq. (11) [HZX-11]; protocol: docs/measures.md", needs_data=True)
+@register("srr", reference="Hu, Zou & Xu 2024, eq. (11) [HZX-11]; protocol: docs/measures.md", needs_data=True,
+          network_free=True)
 def srr(ctx: MeasureContext) -> float:
     """μ_SRR: mean over layers of λ‖Z^ℓ‖₀ + R^c(Z^ℓ;U^ℓ) − R(Z^ℓ) on training images, under the settings' protocol.
 
@@ -26,21 +27,21 @@ def srr(ctx: MeasureContext) -> float:
     return ctx.srr.value
 
 
-@register("srr-rate", reference="[HZX-11], its rate term R^c − R", needs_data=True)
+@register("srr-rate", reference="[HZX-11], its rate term R^c − R", needs_data=True, network_free=True)
 def srr_rate(ctx: MeasureContext) -> float:
     """The rate part of μ_SRR: mean over layers of R^c(Z^ℓ;U^ℓ) − R(Z^ℓ) (protocol's rate convention)."""
     t = ctx.srr.table
     return _layer_mean(t["Rc"] - t["R"])
 
 
-@register("srr-sparsity", reference="[HZX-11], its sparsity term λ‖Z‖₀", needs_data=True)
+@register("srr-sparsity", reference="[HZX-11], its sparsity term λ‖Z‖₀", needs_data=True, network_free=True)
 def srr_sparsity(ctx: MeasureContext) -> float:
     """The sparsity part of μ_SRR: mean over layers of λ‖Z^ℓ‖₀ (protocol's sparsity form)."""
     return _layer_mean(_sparsity(ctx, ctx.settings.sparsity))
 
 
 @register("srr-fraction", reference="[HZX-11] with ‖Z‖₀ as a fraction (official CRATE analysis code)",
-          needs_data=True)
+          needs_data=True, network_free=True)
 def srr_fraction(ctx: MeasureContext) -> float:
     """μ_SRR with the fraction of non-zero entries in place of their count (other choices as the protocol)."""
     t = ctx.srr.table
@@ -48,7 +49,7 @@ def srr_fraction(ctx: MeasureContext) -> float:
 
 
 @register("srr-unit", reference="[HZX-11] with unit-norm tokens, ε² = 0.01 (official CRATE analysis tool)",
-          needs_data=True)
+          needs_data=True, network_free=True)
 def srr_unit(ctx: MeasureContext) -> float:
     """μ_SRR with the rates in the "unit" convention (unit-norm tokens, ε² = 0.01; other choices as the protocol)."""
     t = ctx.srr.table

@@ -5,6 +5,9 @@ All use the weight matrices ``W_1 … W_d`` of :func:`~srrlab.measures.context.w
 ``crate-fix``'s fixed buffer excluded) through the context's cached fp64 norms. Products of norms
 are computed as sums of logarithms, so no measure overflows however deep or large the model.
 The margin ``γ`` is :attr:`MeasureContext.margin` (10th percentile of the training margins).
+The measures of the matrices alone, and path-norm, are ``network_free``: no LayerNorm is a weight
+matrix, and path-norm removes every LayerNorm itself, so ``MeasureSettings.network`` leaves them unchanged;
+the margin-based ones evaluate the chosen network's forward.
 
 Path-norm convention (see :func:`path_norm_log` and ``docs/measures.md``).
 """
@@ -39,44 +42,44 @@ def _log_sum_form(log_sq: torch.Tensor) -> float:
 
 
 # -- norms and distances ------------------------------------------------------------------
-@register("param-norm", reference=f"{_JIANG}, eq. (42)")
+@register("param-norm", reference=f"{_JIANG}, eq. (42)", network_free=True)
 def param_norm(ctx: MeasureContext) -> float:
     """Σ_i ‖W_i‖_F²: squared Frobenius norms of the weight matrices, summed."""
     return (ctx.frobenius_norms ** 2).sum().item()
 
 
-@register("fro-dist", reference=f"{_JIANG}, eq. (40)", needs_init=True)
+@register("fro-dist", reference=f"{_JIANG}, eq. (40)", needs_init=True, network_free=True)
 def fro_dist(ctx: MeasureContext) -> float:
     """Σ_i ‖W_i − W_i⁰‖_F²: squared Frobenius distances from initialisation, summed."""
     return (ctx.distance_frobenius ** 2).sum().item()
 
 
-@register("dist-spec-init", reference=f"{_JIANG}, eq. (41)", needs_init=True)
+@register("dist-spec-init", reference=f"{_JIANG}, eq. (41)", needs_init=True, network_free=True)
 def dist_spec_init(ctx: MeasureContext) -> float:
     """Σ_i ‖W_i − W_i⁰‖₂²: squared spectral distances from initialisation, summed."""
     return (ctx.distance_spectral ** 2).sum().item()
 
 
 # -- products and sums of norms (log domain) --------------------------------------------------
-@register("log-prod-of-spec", reference=f"{_JIANG}, eq. (32)")
+@register("log-prod-of-spec", reference=f"{_JIANG}, eq. (32)", network_free=True)
 def log_prod_of_spec(ctx: MeasureContext) -> float:
     """log Π_i ‖W_i‖₂² (a sum of logs)."""
     return _log_sq(ctx.spectral_norms).sum().item()
 
 
-@register("log-sum-of-spec", reference=f"{_JIANG}, eq. (35)")
+@register("log-sum-of-spec", reference=f"{_JIANG}, eq. (35)", network_free=True)
 def log_sum_of_spec(ctx: MeasureContext) -> float:
     """log(d · (Π_i ‖W_i‖₂²)^{1/d}), d = number of matrices: the product with the layers rebalanced."""
     return _log_sum_form(_log_sq(ctx.spectral_norms))
 
 
-@register("log-prod-of-fro", reference=f"{_JIANG}, eq. (37)")
+@register("log-prod-of-fro", reference=f"{_JIANG}, eq. (37)", network_free=True)
 def log_prod_of_fro(ctx: MeasureContext) -> float:
     """log Π_i ‖W_i‖_F² (a sum of logs)."""
     return _log_sq(ctx.frobenius_norms).sum().item()
 
 
-@register("log-sum-of-fro", reference=f"{_JIANG}, eq. (39)")
+@register("log-sum-of-fro", reference=f"{_JIANG}, eq. (39)", network_free=True)
 def log_sum_of_fro(ctx: MeasureContext) -> float:
     """log(d · (Π_i ‖W_i‖_F²)^{1/d}), d = number of matrices."""
     return _log_sum_form(_log_sq(ctx.frobenius_norms))
@@ -112,7 +115,7 @@ def spec_orig(ctx: MeasureContext) -> float:
     return _log_spec_bound(ctx, lambda: ctx.frobenius_norms ** 2)
 
 
-@register("fro-over-spec", reference=f"{_JIANG}, eq. (33)")
+@register("fro-over-spec", reference=f"{_JIANG}, eq. (33)", network_free=True)
 def fro_over_spec(ctx: MeasureContext) -> float:
     """Σ_i ‖W_i‖_F² / ‖W_i‖₂²: the summed stable ranks."""
     return ((ctx.frobenius_norms / ctx.spectral_norms) ** 2).sum().item()
@@ -247,7 +250,8 @@ def path_norm_log(model: CRATE) -> float:
     return z.log_scale + math.log(total) if total > 0 else float("-inf")
 
 
-@register("path-norm", reference=f"{_JIANG}, eq. (44); convention for LayerNorm/attention: docs/measures.md")
+@register("path-norm", reference=f"{_JIANG}, eq. (44); convention for LayerNorm/attention: docs/measures.md",
+          network_free=True)  # every LayerNorm is the identity in the path network, whatever the setting
 def path_norm(ctx: MeasureContext) -> float:
     """Σ_i f_{w²}(1)[i]: sum of the logits of the squared network on an all-ones image (convention below).
 

@@ -22,6 +22,7 @@ class MeasureInfo:
     needs_data: bool
     needs_init: bool
     description: str
+    network_free: bool = False
 
     def __call__(self, ctx) -> float:
         return float(self.fn(ctx))
@@ -31,14 +32,18 @@ class MeasureInfo:
 MEASURES: dict[str, MeasureInfo] = {}
 
 
-def register(name: str, *, reference: str, needs_data: bool = False, needs_init: bool = False):
-    """Decorator registering ``fn(ctx) -> float`` under ``name``; its docstring's first line is the description."""
+def register(name: str, *, reference: str, needs_data: bool = False, needs_init: bool = False,
+             network_free: bool = False):
+    """Decorator registering ``fn(ctx) -> float`` under ``name``; its docstring's first line is the description.
+    ``network_free=True`` declares that the value is the same whichever ``MeasureSettings.network`` is set
+    (tested for every measure in tests/test_study_measures.py)."""
 
     def wrap(fn: Callable) -> Callable:
         if name in MEASURES:
             raise ValueError(f"measure {name!r} is registered twice")
         doc = (fn.__doc__ or "").strip().splitlines()
-        MEASURES[name] = MeasureInfo(name, fn, reference, needs_data, needs_init, doc[0] if doc else "")
+        MEASURES[name] = MeasureInfo(name, fn, reference, needs_data, needs_init, doc[0] if doc else "",
+                                     network_free)
         return fn
 
     return wrap

@@ -6,8 +6,11 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import os
+import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -20,8 +23,10 @@ else:  # pragma: no cover
 
 from ..data import DATASETS
 from ..measures import MEASURES, MeasureSettings
+from ..measures.context import NETWORKS
 from ..models import SIZES, VARIANTS, CRATEConfig
 from ..options import EXECUTION_SETTINGS, check_keys, is_none
+from ..runs import measure_key, parse_measure_key
 from ..train import TrainConfig
 
 __all__ = ["StudySpec", "SpecError", "PRESETS", "load_spec", "point_id", "group_label", "preset_names"]
@@ -86,6 +91,11 @@ class StudySpec:
     ``dataset`` (top level, fixed, or an axis). A *grouped axis* has tables as values, each setting
     several settings together (e.g. ``arm = [{name = "CE", srr_reg = 0.0}, {name = "CE+SRR",
     srr_reg = 0.001, srr_layers = "last"}]``); its ``hp.<axis>`` column holds the tables' names.
+
+    Measures are taken under one or more *network readings* (``networks``, values of
+    :data:`srrlab.measures.context.NETWORKS`): the first is the primary reading, keyed by the plain
+    measure name; every other one adds ``name@network`` for each measure that is not
+    ``network_free`` (:attr:`measure_keys`).
     """
 
     name: str
@@ -94,6 +104,7 @@ class StudySpec:
     grid: dict[str, list[Any]]
     measures: list[str]
     measure_settings: dict[str, Any] = field(default_factory=dict)
+    networks: list[str] = field(default_factory=list)  # the readings, primary first; [] = [the settings' network]
     data_dir: str | None = None
     data_seed: int = 0
     data_options: dict[str, Any] = field(default_factory=dict)
@@ -103,6 +114,10 @@ class StudySpec:
     include_not_converged: bool = False
     group: str = "auto"  # GROUP_MODES
     source: str = ""  # the TOML text, for the report
+
+    def __post_init__(self) -> None:
+        if not self.networks:
+            self.networks = [MeasureSettings.from_dict(self.measure_settings).network]
 
     # -- parsing ------------------------------------------------------------------------
     @classmethod
@@ -157,8 +172,8 @@ class StudySpec:
             raise SpecError(f"setting {both[0]!r} is both fixed and a grid axis; keep one")
         m = d.get("measures", {})
         if not isinstance(m, dict):
-            raise SpecError("key 'measures' must be a table with 'names' and optional 'settings'")
-        check_keys(m, ("names", "settings"), "key", prefix="measures.", error=SpecError)
+            raise SpecError("key 'measures' must be a table with 'names' and optional 'networks' and 'settings'")
+        check_keys(m, ("names", "networks", "settings"), "key", prefix="measures.", error=SpecError)
         names = m.get("names", "all")
         names = list(MEASURES) if names == "all" else names
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -168,9 +183,10 @@ class StudySpec:
                 raise SpecError(f"key 'measures.names': unknown measure {n!r}; available: {', '.join(MEASURES)}")
         settings = dict(m.get("settings", {}))
         try:
-            MeasureSettings.from_dict(settings)
+            primary = MeasureSettings.from_dict(settings).network
         except ValueError as exc:
             raise SpecError(f"key 'measures.settings': {exc}") from None
+        networks = _parse_networks(m.get("networks", [primary]), settings)
         report = d.get("report", {})
         if not isinstance(report, dict):
             raise SpecError("key 'report' must be a table, e.g. [report] by = [\"dim\"]")
@@ -190,9 +206,9 @@ class StudySpec:
         if group not in GROUP_MODES:
             raise SpecError(f"key 'group' must be one of {', '.join(map(repr, GROUP_MODES))}, got {group!r}")
         spec = cls(name=d["name"], dataset=d.get("dataset", ""), fixed=fixed, grid=grid, measures=names,
-                   measure_settings=settings, data_dir=d.get("data_dir"), data_seed=int(d.get("data_seed", 0)),
-                   data_options=dict(d.get("data_options", {})), report_by=list(by), include_not_converged=include,
-                   group=group)
+                   measure_settings=settings, networks=networks, data_dir=d.get("data_dir"),
+                   data_seed=int(d.get("data_seed", 0)), data_options=dict(d.get("data_options", {})),
+                   report_by=list(by), include_not_converged=include, group=group)
         for point in spec.points():
             spec.train_config(point)  # every point must give a valid run
         return spec
@@ -263,20 +279,199 @@ class StudySpec:
             raise SpecError(f"grid point {point}: {exc}") from None
         return cfg
 
+    # -- measures and their network readings ----------------------------------------------------
+    @property
+    def primary_network(self) -> str:
+        """The network of the primary reading (``networks[0]``), whose measures are keyed by their plain name."""
+        return self.networks[0]
+
+    def reading_settings(self, network: str | None = None) -> MeasureSettings:
+        """The measure settings of the reading on ``network`` (default: the primary one)."""
+        network = self._reading(network)
+        return dataclasses.replace(MeasureSettings.from_dict(self.measure_settings), network=network)
+
+    def reading_names(self, network: str | None = None) -> list[str]:
+        """The measures taken under the reading on ``network``: every measure for the primary reading,
+        the ones that are not ``network_free`` for another (a network-free one would repeat its value)."""
+        network = self._reading(network)
+        if network == self.primary_network:
+            return list(self.measures)
+        return [n for n in self.measures if not MEASURES[n].network_free]
+
+    def reading_key(self, name: str, network: str | None = None) -> str:
+        """The key holding measure ``name``'s value under the reading on ``network`` (default: the
+        primary one): the plain name for the primary reading or a ``network_free`` measure, else
+        :func:`srrlab.runs.measure_key` ``(name, network)``."""
+        network = self._reading(network)
+        if network == self.primary_network or (name in MEASURES and MEASURES[name].network_free):
+            return name
+        return measure_key(name, network)
+
+    @property
+    def measure_keys(self) -> list[str]:
+        """Every measure key of the study, in column order: the primary reading's names in spec order,
+        then each other reading's ``name@network`` keys (:meth:`reading_names`)."""
+        return [self.reading_key(n, net) for net in self.networks for n in self.reading_names(net)]
+
+    def keys_by_network(self, keys: list[str]) -> list[tuple[str, list[str]]]:
+        """``keys`` as ``(network, measure names)`` per reading, in reading order (readings without a key
+        left out): what one :func:`~srrlab.measures.compute_measures` call per network evaluates."""
+        names: dict[str, list[str]] = {net: [] for net in self.networks}
+        for key in keys:
+            name, network = parse_measure_key(key)
+            network = network or self.primary_network
+            if network not in names:
+                raise ValueError(f"measure key {key!r}: {network!r} is not a network reading of study {self.name!r} "
+                                 f"(readings: {', '.join(self.networks)})")
+            names[network].append(name)
+        return [(net, group) for net, group in names.items() if group]
+
+    def _reading(self, network: str | None) -> str:
+        if network is None:
+            return self.primary_network
+        if network not in self.networks:
+            raise ValueError(f"{network!r} is not a network reading of study {self.name!r} (readings: "
+                             f"{', '.join(self.networks)}); add it under [measures] networks")
+        return network
+
+    def with_measures(self, names: Sequence[str] = (), networks: Sequence[str] = ()) -> StudySpec:
+        """This spec with the measures ``names`` (``"all"``: every registered one) and the network
+        readings ``networks`` added, as a new spec whose source is this spec's TOML text with its
+        ``measures`` definitions replaced by ``[measures]`` tables at the end (everything else, comments
+        included, kept; the result is checked to parse back to this spec plus the additions). Adding
+        measures changes no fingerprint: a study accepts the result and measures only what it lacks."""
+        names = list(MEASURES) if "all" in names else list(names)
+        unknown = [n for n in names if n not in MEASURES]
+        if unknown:
+            raise SpecError(f"unknown measure{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                            f"available: {', '.join(MEASURES)}")
+        bad = [n for n in networks if n not in NETWORKS]
+        if bad:
+            raise SpecError(f"unknown network {bad[0]!r}; a network reading is one of {', '.join(NETWORKS)}")
+        wanted = dataclasses.replace(self, measures=list(dict.fromkeys([*self.measures, *names])),
+                                     networks=list(dict.fromkeys([*self.networks, *networks])))
+        default = [MeasureSettings.from_dict(self.measure_settings).network]
+        table = _measures_toml(wanted.measures, None if wanted.networks == default else wanted.networks,
+                               self.measure_settings)
+        text = _replace_measures(self.source, table)
+        try:
+            spec = StudySpec.from_toml(text, "the spec with the measures added")
+        except SpecError:
+            spec = None
+        if spec is None or {**spec.to_dict(), "source": ""} != {**wanted.to_dict(), "source": ""}:
+            raise SpecError("cannot rewrite the measures of this spec: write them as a [measures] table (names, "
+                            "networks) with an optional [measures.settings] table, or edit the spec yourself and "
+                            "run `srrlab study run SPEC --dir DIR`")
+        return spec
+
     def fingerprint(self) -> str:
-        """Hash of everything but the grid's values, the ``[report]`` options and the fixed execution
-        settings (:data:`srrlab.options.EXECUTION_SETTINGS`: device, compile, eval_batch_size),
-        none of which changes what a run computes: equal fingerprints may differ only by added grid
-        points, how they are reported and where they run. Grid point ids hash the point alone."""
+        """Hash of what a run computes and measures: everything but the grid's values, the ``[report]``
+        options, the fixed execution settings (:data:`srrlab.options.EXECUTION_SETTINGS`: device, compile,
+        eval_batch_size), the measure names and the extra network readings. Equal fingerprints may differ
+        only by added grid points, added or dropped measures and readings, how they are reported and
+        where they run; the measure settings, the primary reading's network included
+        (:meth:`effective_measure_settings`), count. Grid point ids hash the point alone."""
         d = self.to_dict()
         d["grid"] = sorted(d["grid"])
         d["fixed"] = {k: v for k, v in d["fixed"].items() if k not in EXECUTION_SETTINGS}
-        for key in ("source", "report_by", "include_not_converged", "group"):
+        d["measure_settings"] = self.effective_measure_settings()
+        for key in ("source", "report_by", "include_not_converged", "group", "measures", "networks"):
             d.pop(key, None)
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
+    def effective_measure_settings(self) -> dict[str, Any]:
+        """``[measures.settings]`` as written, with ``network`` set to the primary reading's network
+        (however it was given): the measure settings that a stored value depends on."""
+        return {**self.measure_settings, "network": self.primary_network}
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _parse_networks(networks: Any, settings: dict[str, Any]) -> list[str]:
+    """``[measures] networks``, checked: a non-empty list of distinct :data:`NETWORKS` (a string is a
+    list of one) whose first agrees with ``[measures.settings] network`` when both are given."""
+    networks = [networks] if isinstance(networks, str) else networks
+    if not isinstance(networks, list) or not networks or not all(isinstance(n, str) for n in networks):
+        raise SpecError(f"key 'measures.networks' must be a non-empty list of networks, e.g. networks = "
+                        f"[\"trained\", \"protocol\"] (from {', '.join(NETWORKS)}), got {networks!r}")
+    for n in networks:
+        if n not in NETWORKS:
+            raise SpecError(f"key 'measures.networks': unknown network {n!r}; available: {', '.join(NETWORKS)}")
+    if len(set(networks)) != len(networks):
+        raise SpecError(f"key 'measures.networks' repeats a network: {networks}")
+    if "network" in settings and settings["network"] != networks[0]:
+        raise SpecError(f"key 'measures.settings.network' ({settings['network']!r}) differs from the first of "
+                        f"'measures.networks' ({networks[0]!r}), the primary reading; drop measures.settings.network "
+                        "or list it first in networks")
+    return list(networks)
+
+
+def _toml_value(value: Any) -> str:
+    """``value`` (a string, number, boolean, list or table) as a TOML value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise SpecError(f"cannot write {value!r} ({type(value).__name__}) as a TOML value")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
+
+
+def _measures_toml(names: list[str], networks: list[str] | None, settings: dict[str, Any]) -> str:
+    """The ``[measures]`` table (and ``[measures.settings]``, when there are settings) as TOML text."""
+    lines = ["[measures]", f"names = {_toml_value(names)}"]
+    if networks is not None:
+        lines.append(f"networks = {_toml_value(networks)}")
+    if settings:
+        lines += ["", "[measures.settings]", *(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in settings.items())]
+    return "\n".join(lines) + "\n"
+
+
+_TABLE_HEADER = re.compile(r"^\s*\[(?!\[)\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
+_TOP_MEASURES = re.compile(r"""^\s*(measures|"measures"|'measures')\s*[.=]""")
+_STRING_OR_COMMENT = re.compile(r""""(?:[^"\\]|\\.)*"|'[^']*'|#.*""")
+
+
+def _replace_measures(text: str, table: str) -> str:
+    """``text`` without its ``measures`` definitions — ``[measures]`` and ``[measures.*]`` tables, and a
+    top-level ``measures = {…}`` or ``measures.<key> = …`` (a value may span lines) — with ``table``
+    appended."""
+    kept, inside, top, depth = [], False, True, 0
+    for line in text.splitlines(keepends=True):
+        if depth > 0:  # the rest of a removed top-level value
+            depth += _open_brackets(line)
+            continue
+        header = _TABLE_HEADER.match(line)
+        if header:
+            top = False
+            name = header.group(1).replace(" ", "")
+            inside = name == "measures" or name.startswith("measures.")
+        elif top and _TOP_MEASURES.match(line):
+            depth = _open_brackets(line)
+            continue
+        if not inside:
+            kept.append(line)
+    head = "".join(kept).rstrip()
+    return (head + "\n\n" if head else "") + table
+
+
+def _open_brackets(line: str) -> int:
+    """Brackets and braces opened minus closed on one TOML line (strings and comments ignored)."""
+    bare = _STRING_OR_COMMENT.sub("", line)
+    return bare.count("[") + bare.count("{") - bare.count("]") - bare.count("}")
 
 
 def _is_grouped(values: list[Any]) -> bool:
