@@ -15,7 +15,7 @@ from srrlab.report import headline, srr_led, write_study_report
 VARIANTS = ["crate-c", "crate-n", "crate-t", "crate"]
 AXES = ["hp.variant", "hp.lr", "hp.batch_size"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-FILES = ["runs.parquet", "runs.csv", "correlation.csv", "fig_srr_vs_gap.png", "fig_measures_grid.png",
+FILES = ["runs.parquet", "runs.csv", "correlation.csv", "within.csv", "fig_srr_vs_gap.png", "fig_measures_grid.png",
          "fig_summary.png", "report.md"]
 
 
@@ -118,9 +118,12 @@ def test_runs_round_trip(report):
     np.testing.assert_allclose(csv["measure.srr"], table["measure.srr"])
 
 
-def _read_correlation(out, stratum: str = "all models") -> pd.DataFrame:
+def _read_correlation(out, stratum: str = "all models", network: str = "trained") -> pd.DataFrame:
+    """One stratum and reading of correlation.csv, in the layout of correlation_table (no simpson flags)."""
     got = pd.read_csv(out / "correlation.csv")
-    return got[got["stratum"] == stratum].drop(columns="stratum").set_index("measure")
+    assert list(got.columns[:3]) == ["stratum", "network", "measure"] and got.columns[-1] == "simpson"
+    got = got[(got["stratum"] == stratum) & (got["network"] == network)]
+    return got.drop(columns=["stratum", "network", "simpson"]).set_index("measure")
 
 
 def test_correlation_csv_uses_converged_runs_only(report):
@@ -137,7 +140,8 @@ def test_correlation_csv_uses_converged_runs_only(report):
     assert "Not-converged runs (measured, not ranked):" in text and "`crate-t-lr0.001-bs128`" in text
     assert rep.strata[0].title == "all models, n = 13 converged models"
     # the report returns the table it wrote (nobody re-reads correlation.csv)
-    pd.testing.assert_frame_equal(rep.correlation, pd.read_csv(out / "correlation.csv"), check_dtype=False)
+    written = pd.read_csv(out / "correlation.csv", dtype={"simpson": str}).fillna({"simpson": ""})
+    pd.testing.assert_frame_equal(rep.correlation, written, check_dtype=False)
 
 
 def test_include_not_converged_brings_them_in(tmp_path):
