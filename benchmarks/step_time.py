@@ -75,8 +75,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print()
-    print(f"| model | batch | tokens | parameters | ms/step (median) | images/s |")
-    print(f"|---|---:|---:|---:|---:|---:|")
+    print("| model | batch | tokens | parameters | ms/step (median) | images/s |")
+    print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['model']} | {r['batch']} | {r['tokens']} | {r['parameters']:,} | "
               f"{r['step_s_median'] * 1e3:.1f} | {r['images_per_s']:.1f} |")

@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from srrlab import correlation
 from srrlab.correlation import uncertainty
 from srrlab.correlation import (
     KendallTest,

@@ -9,7 +9,6 @@ import torch
 
 import srrlab
 from srrlab.cli import main as cli
-from srrlab.io import read_jsonl
 from srrlab.rate import measure_srr
 from srrlab.train import TrainConfig, load_run, read_layerwise, resume, train
 

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .cli_study import add_study_commands, group_options
+
 __all__ = ["main", "build_parser"]
 
 
@@ -167,65 +169,6 @@ def cmd_layerwise(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- study -----------------------------------------------------------------------------
-def cmd_study_run(args: argparse.Namespace) -> int:
-    from .study import run_study
-
-    t0 = time.perf_counter()
-    table = run_study(args.spec, args.dir, workers=args.workers, scheduler=args.scheduler, threads=args.threads,
-                      extend=args.extend, progress=False if args.quiet else None, group=args.group)
-    counts = table["status"].value_counts().to_dict()
-    print(f"study {args.dir}: {len(table)} grid points; " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-          + f"; this call took {time.perf_counter() - t0:.0f} s")
-    print(f"next    srrlab study report {args.dir}")
-    return 0
-
-
-def cmd_study_report(args: argparse.Namespace) -> int:
-    from .study import report_study
-
-    report = report_study(args.dir, by=args.by, include_not_converged=args.include_not_converged or None,
-                           permutations=args.permutations, bootstrap=args.bootstrap, seed=args.seed)
-    print(report.headline())
-    print(f"report  {report.path}")
-    return 0
-
-
-# -- regularize -------------------------------------------------------------------------
-def _print_regularize(report: dict[str, Any]) -> None:
-    import pandas as pd
-
-    table = report["table"]
-    if not table.empty:
-        with pd.option_context("display.max_columns", None, "display.width", 200):
-            print("test accuracy (%), mean ± std over seeds")
-            print(table.to_string())
-        print()
-    for sentence in report["sentences"]:
-        print(f"- {sentence}")
-    print(f"report  {report['path']}")
-
-
-def cmd_regularize_run(args: argparse.Namespace) -> int:
-    from .study import run_regularize
-
-    t0 = time.perf_counter()
-    report = run_regularize(args.spec, args.dir, workers=args.workers, scheduler=args.scheduler, threads=args.threads,
-                            extend=args.extend, progress=False if args.quiet else None, group=args.group)
-    counts = report["runs"]["status"].value_counts().to_dict()
-    print(f"experiment {args.dir}: {len(report['runs'])} runs; "
-          + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f"; this call took {time.perf_counter() - t0:.0f} s")
-    _print_regularize(report)
-    return 0
-
-
-def cmd_regularize_report(args: argparse.Namespace) -> int:
-    from .study import report_regularize
-
-    _print_regularize(report_regularize(args.dir))
-    return 0
-
-
 # -- demo -------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     from .study import load_spec, report_study, run_study
@@ -288,30 +231,6 @@ def cmd_toy(args: argparse.Namespace) -> int:
     for path in figures:
         print(f"figure  {path}")
     return 0
-
-
-def _run_options(q: argparse.ArgumentParser, what: str, kind: str) -> None:
-    """The options of a study-like run (``study run``, ``regularize run``): spec, folder, execution."""
-    from .study.spec import preset_names
-
-    q.add_argument("spec", metavar="SPEC", help=f"a preset ({', '.join(preset_names(kind))}) or a TOML file")
-    q.add_argument("--dir", required=True, help=f"{what} folder (database, run folders, report)")
-    q.add_argument("--workers", type=int, default=0, help="local Dask worker processes (default 0: sequential)")
-    q.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://127.0.0.1:8786")
-    q.add_argument("--threads", type=int, help="torch threads per run (default: cores // workers)")
-    q.add_argument("--extend", action="store_true", help=f"accept a spec that adds grid values to the {what} in --dir")
-    q.add_argument("--quiet", action="store_true", help="no progress bar")
-    _group_options(q)
-
-
-def _group_options(q: argparse.ArgumentParser) -> None:
-    """--group / --no-group: train the points that can share one stacked program as a group."""
-    g = q.add_mutually_exclusive_group()
-    g.add_argument("--group", choices=["auto", "on", "off"], default=None,
-                   help="train points that differ only in seed, lr, weight decay or stopping as one stacked program: "
-                        "auto (on CUDA, where it pays; not on a CPU), on, off (default: the spec's group, auto); "
-                        "docs/performance.md")
-    g.add_argument("--no-group", dest="group", action="store_const", const="off", help="same as --group off")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -378,45 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
                                        "recorded one, side by side; see --srr-layernorm of srrlab train)")
     p.set_defaults(func=cmd_layerwise)
 
-    p = sub.add_parser("study", help="generalisation studies: run a grid of models, then report")
-    ssub = p.add_subparsers(dest="study_command", required=True, metavar="STUDY_COMMAND")
-    q = ssub.add_parser("run", help="train and measure every grid point of SPEC (resumable)")
-    _run_options(q, "study", "study")
-    q.set_defaults(func=cmd_study_run)
-    q = ssub.add_parser("report", help="write report.md, figures, runs.parquet/csv and correlation.csv into DIR",
-                        description="Report the study in DIR: one correlation table per stratum (--by, default the "
-                                    "spec's [report] by) plus the pooled one, converged runs only unless "
-                                    "--include-not-converged, every τ with its permutation p-value and bootstrap "
-                                    "interval (docs/study.md).")
-    q.add_argument("dir", metavar="DIR")
-    q.add_argument("--by", metavar="SETTINGS",
-                   help="one table per value of these comma-separated settings, e.g. dim (default: the spec's "
-                        "[report] by; 'none' for a single table)")
-    q.add_argument("--include-not-converged", action="store_true",
-                   help="let runs that stopped at the epoch limit before the target enter the tables")
-    q.add_argument("--permutations", type=int, default=10_000, help="permutations per p-value (default 10000)")
-    q.add_argument("--bootstrap", type=int, default=2_000, help="bootstrap resamples per interval (default 2000)")
-    q.add_argument("--seed", type=int, default=0, help="seed of the permutations and resamples (default 0)")
-    q.set_defaults(func=cmd_study_report)
-
-    p = sub.add_parser("regularize", help="the SRR regularisation experiment: variants x {CE, CE+SRR} x seeds "
-                                          "(Tables 2/6)")
-    ssub = p.add_subparsers(dest="regularize_command", required=True, metavar="REGULARIZE_COMMAND")
-    q = ssub.add_parser("run", help="train every run of SPEC (resumable), then write the report",
-                        description="Train every run of SPEC (a preset: demo, fmnist, paper; or a TOML file whose grid holds "
-                                    "CE runs, srr_reg = 0, and regularised runs, srr_reg > 0), then write "
-                                    "regularize.md, regularize.png and CSVs into --dir. Rerunning continues.")
-    _run_options(q, "experiment", "regularize")
-    q.set_defaults(func=cmd_regularize_run)
-    q = ssub.add_parser("report", help="write the report of the experiment in DIR (finished or not)")
-    q.add_argument("dir", metavar="DIR")
-    q.set_defaults(func=cmd_regularize_report)
+    add_study_commands(sub)
 
     p = sub.add_parser("demo", help="run the demo generalisation study on the embedded digits dataset and report")
     p.add_argument("--out", help="study folder (default runs/demo-study; rerunning continues it)")
     p.add_argument("--workers", type=int, help="Dask worker processes (default 2 on a multi-core machine)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _group_options(p)
+    group_options(p)
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("toy", help="toy study (docs/theory.md §4): does each compression update rule decrease R^c?",
                        description="Run L layers of a compression update alone on Gaussian tokens and record "
