@@ -29,8 +29,8 @@ __all__ = ["settings_lines", "protocol_lines", "runs_lines", "correlation_lines"
 
 _EXPLANATION = (
     "Kendall's τ-a over the included runs (τ) with its 95% percentile-bootstrap interval over models and its "
-    "two-sided permutation p-value, granulated ψ per axis and Ψ (their mean) with Ψ's permutation p-value (the gap "
-    "permuted within each axis's groups), and the conditional-mutual-information score (CMI) of Jiang et al. 2020 — "
+    "two-sided permutation p-value, granulated ψ per axis and Ψ (their mean) with Ψ's permutation p-value (the measure "
+    "permuted jointly over all models), and the conditional-mutual-information score (CMI) of Jiang et al. 2020 — "
     "definitions in `docs/correlation.md`. Larger is better in every value column; the best value of each is in "
     "bold; – = undefined. `correlation.csv` also has Dziugaite et al.'s sign-errors and the counts. The sentence "
     "under each table compares SRR with the best other measure by a paired bootstrap over models (SRR's own parts, "
