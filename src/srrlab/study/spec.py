@@ -6,9 +6,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import math
 import os
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -336,9 +334,9 @@ class StudySpec:
 
     def with_measures(self, names: Sequence[str] = (), networks: Sequence[str] = ()) -> StudySpec:
         """This spec with the measures ``names`` (``"all"``: every registered one) and the network
-        readings ``networks`` added, as a new spec whose source is this spec's TOML text with its
-        ``measures`` definitions replaced by ``[measures]`` tables at the end (everything else, comments
-        included, kept; the result is checked to parse back to this spec plus the additions). Adding
+        readings ``networks`` added, as a new spec whose source is this spec's TOML text with
+        ``measures.names`` and ``measures.networks`` edited in place (tomlkit: comments, order and every
+        other key kept; the result is checked to parse back to this spec plus the additions). Adding
         measures changes no fingerprint: a study accepts the result and measures only what it lacks."""
         names = list(MEASURES) if "all" in names else list(names)
         unknown = [n for n in names if n not in MEASURES]
@@ -351,12 +349,11 @@ class StudySpec:
         wanted = dataclasses.replace(self, measures=list(dict.fromkeys([*self.measures, *names])),
                                      networks=list(dict.fromkeys([*self.networks, *networks])))
         default = [MeasureSettings.from_dict(self.measure_settings).network]
-        table = _measures_toml(wanted.measures, None if wanted.networks == default else wanted.networks,
-                               self.measure_settings)
-        text = _replace_measures(self.source, table)
         try:
+            text = _with_measures_text(self.source, wanted.measures,
+                                       None if wanted.networks == default else wanted.networks)
             spec = StudySpec.from_toml(text, "the spec with the measures added")
-        except SpecError:
+        except (SpecError, ValueError):  # tomlkit's parse errors are ValueErrors
             spec = None
         if spec is None or {**spec.to_dict(), "source": ""} != {**wanted.to_dict(), "source": ""}:
             raise SpecError("cannot rewrite the measures of this spec: write them as a [measures] table (names, "
@@ -407,71 +404,22 @@ def _parse_networks(networks: Any, settings: dict[str, Any]) -> list[str]:
     return list(networks)
 
 
-def _toml_value(value: Any) -> str:
-    """``value`` (a string, number, boolean, list or table) as a TOML value."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    raise SpecError(f"cannot write {value!r} ({type(value).__name__}) as a TOML value")
+def _with_measures_text(source: str, names: list[str], networks: list[str] | None) -> str:
+    """``source`` (a spec's TOML text) with ``[measures] names`` (and ``networks``, or none when it is
+    the default) set, edited in place by tomlkit: comments, order and every other key kept, whether
+    ``measures`` is a table, an inline table or dotted keys."""
+    import tomlkit
 
-
-def _toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
-
-
-def _measures_toml(names: list[str], networks: list[str] | None, settings: dict[str, Any]) -> str:
-    """The ``[measures]`` table (and ``[measures.settings]``, when there are settings) as TOML text."""
-    lines = ["[measures]", f"names = {_toml_value(names)}"]
+    doc = tomlkit.parse(source)
+    if "measures" not in doc:
+        doc["measures"] = tomlkit.table()
+    measures = doc["measures"]
+    measures["names"] = names
     if networks is not None:
-        lines.append(f"networks = {_toml_value(networks)}")
-    if settings:
-        lines += ["", "[measures.settings]", *(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in settings.items())]
-    return "\n".join(lines) + "\n"
-
-
-_TABLE_HEADER = re.compile(r"^\s*\[(?!\[)\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
-_TOP_MEASURES = re.compile(r"""^\s*(measures|"measures"|'measures')\s*[.=]""")
-_STRING_OR_COMMENT = re.compile(r""""(?:[^"\\]|\\.)*"|'[^']*'|#.*""")
-
-
-def _replace_measures(text: str, table: str) -> str:
-    """``text`` without its ``measures`` definitions — ``[measures]`` and ``[measures.*]`` tables, and a
-    top-level ``measures = {…}`` or ``measures.<key> = …`` (a value may span lines) — with ``table``
-    appended."""
-    kept, inside, top, depth = [], False, True, 0
-    for line in text.splitlines(keepends=True):
-        if depth > 0:  # the rest of a removed top-level value
-            depth += _open_brackets(line)
-            continue
-        header = _TABLE_HEADER.match(line)
-        if header:
-            top = False
-            name = header.group(1).replace(" ", "")
-            inside = name == "measures" or name.startswith("measures.")
-        elif top and _TOP_MEASURES.match(line):
-            depth = _open_brackets(line)
-            continue
-        if not inside:
-            kept.append(line)
-    head = "".join(kept).rstrip()
-    return (head + "\n\n" if head else "") + table
-
-
-def _open_brackets(line: str) -> int:
-    """Brackets and braces opened minus closed on one TOML line (strings and comments ignored)."""
-    bare = _STRING_OR_COMMENT.sub("", line)
-    return bare.count("[") + bare.count("{") - bare.count("]") - bare.count("}")
+        measures["networks"] = networks
+    elif "networks" in measures:
+        del measures["networks"]
+    return tomlkit.dumps(doc)
 
 
 def _is_grouped(values: list[Any]) -> bool:
