@@ -178,7 +178,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else (2 if (os.cpu_count() or 1) >= 2 else 0)
     print(f"srrlab demo: the generalisation study '{spec.name}' on the embedded {spec.dataset} dataset: "
           f"{len(spec.points())} models ({' x '.join(f'{len(v)} {a}' for a, v in spec.grid.items())}), "
-          f"{len(spec.measures)} measures, {workers or 1} worker(s); resumable in {out}")
+          f"{len(spec.measures)} measures on {' and '.join(spec.networks)} network(s), {workers or 1} worker(s); "
+          f"resumable in {out}")
     t0 = time.perf_counter()
     table = run_study(spec, out, workers=workers, progress=False if args.quiet else None, group=args.group)
     counts = table["status"].value_counts().to_dict()
