@@ -151,12 +151,17 @@ def _run_options(q: argparse.ArgumentParser, what: str, kind: str) -> None:
 
     q.add_argument("spec", metavar="SPEC", help=f"a preset ({', '.join(preset_names(kind))}) or a TOML file")
     q.add_argument("--dir", required=True, help=f"{what} folder (database, run folders, report)")
+    q.add_argument("--extend", action="store_true", help=f"accept a spec that adds grid values to the {what} in --dir")
+    _execution_options(q)
+    group_options(q)
+
+
+def _execution_options(q: argparse.ArgumentParser) -> None:
+    """Where and how a study call runs (``study run``, ``study measure``, ``regularize run``)."""
     q.add_argument("--workers", type=int, default=0, help="local Dask worker processes (default 0: sequential)")
     q.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://127.0.0.1:8786")
     q.add_argument("--threads", type=int, help="torch threads per run (default: cores // workers)")
-    q.add_argument("--extend", action="store_true", help=f"accept a spec that adds grid values to the {what} in --dir")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
-    group_options(q)
 
 
 def group_options(q: argparse.ArgumentParser) -> None:
@@ -189,7 +194,7 @@ def add_study_commands(sub) -> None:
     q = ssub.add_parser("run", help="train and measure every grid point of SPEC (resumable)")
     _run_options(q, "study", "study")
     q.set_defaults(func=cmd_study_run)
-    q = ssub.add_parser("report", help="write report.md, figures, runs.parquet/csv and correlation.csv into DIR",
+    q = ssub.add_parser("report", help="write report.md, figures, runs.parquet/csv, correlation.csv and within.csv into DIR (or rebuild them in a committed docs/results folder from its runs.csv + spec.toml)",
                         description="Report the study in DIR: one correlation table per stratum (--by, default the "
                                     "spec's [report] by) plus the pooled one, converged runs only unless "
                                     "--include-not-converged, every τ with its permutation p-value and bootstrap "
@@ -221,10 +226,7 @@ def add_study_commands(sub) -> None:
     q.add_argument("--network", action="append", default=[], choices=list(NETWORKS),
                    help="a network reading to add: each measure that depends on the network is also measured on "
                         "it, as measure.<name>@<network> (repeatable; docs/measures.md)")
-    q.add_argument("--workers", type=int, default=0, help="local Dask worker processes (default 0: sequential)")
-    q.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://127.0.0.1:8786")
-    q.add_argument("--threads", type=int, help="torch threads per run (default: cores // workers)")
-    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    _execution_options(q)
     q.set_defaults(func=cmd_study_measure)
     q = ssub.add_parser("export", help="write the study in DIR with a sha256 manifest to OUT (a folder, or a "
                                        ".tar/.tar.gz archive), to move it to another machine",
@@ -257,7 +259,7 @@ def add_study_commands(sub) -> None:
                                     "regularize.md, regularize.png and CSVs into --dir. Rerunning continues.")
     _run_options(q, "experiment", "regularize")
     q.set_defaults(func=cmd_regularize_run)
-    q = ssub.add_parser("report", help="write the report of the experiment in DIR (finished or not)")
+    q = ssub.add_parser("report", help="write the report of the experiment in DIR (finished or not; or a committed folder with runs.csv + spec.toml)")
     q.add_argument("dir", metavar="DIR")
     q.set_defaults(func=cmd_regularize_report)
     _publish_parser(ssub, "experiment")
