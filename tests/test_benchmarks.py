@@ -264,3 +264,30 @@ def test_group_throughput_draws_part_times_the_same_values():
     row = group_throughput.draws("digits", 2, repeats=1, epochs=1)
     assert isinstance(row["same_values"], bool) and row["mc_samples"] == 2  # equality itself: test_measures_flatness
     assert row["ratio"] == pytest.approx(row["one_by_one_s"] / row["batched_s"])
+
+
+def test_measure_cost_benchmark_times_the_measures_of_a_preset(tmp_path):
+    """benchmarks/measure_cost.py: the preset's settings, every requested measure timed, values those of
+    compute_measures on the same model, the JSON written."""
+    import measure_cost
+
+    from srrlab.measures import MEASURES, MeasureSettings, compute_measures
+
+    assert set(measure_cost.NEW) <= set(MEASURES) and len(measure_cost.NEW) == 10
+    settings = measure_cost.preset_settings("demo", 40)
+    assert settings["max_images"] == 40 and settings["mc_samples"] == 2  # the demo preset's, images replaced
+    names = ["db-index", "augment-margin", "ww-alpha"]
+    out = tmp_path / "cost.json"
+    measure_cost.SIZES["demo"] = measure_cost.SIZES["demo"][:4] + (40,)  # 40 images: a quick run
+    try:
+        measure_cost.main(["--sizes", "demo", "--measures", ",".join(names), "--out", str(out)])
+    finally:
+        measure_cost.SIZES["demo"] = measure_cost.SIZES["demo"][:4] + (300,)
+    result = json.loads(out.read_text())["results"][0]
+    assert list(result["seconds"]) == names and all(t >= 0 for t in result["seconds"].values())
+    assert result["total_s"] >= sum(result["seconds"].values()) * 0.99
+    model, init, x, y = measure_cost.size_inputs("demo", 40)
+    assert model.config.depth == 3 and model.config.dim == 64 and tuple(x.shape) == (40, 1, 8, 8)
+    again = compute_measures(model, init=init, data=(x, y), measures=names,
+                             settings=MeasureSettings.from_dict(settings))
+    assert result["values"] == pytest.approx(again)

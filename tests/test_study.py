@@ -66,6 +66,12 @@ def test_presets():
     demo = load_spec("demo")
     assert demo.dataset == "digits" and len(demo.points()) >= 32
     assert demo.grid["variant"] == ["crate-c", "crate-n", "crate-t", "crate"]
+    # the ten-minute demo names its measures: all but the expensive rivals after 2020 (docs/measures.md)
+    from srrlab.measures import MEASURES
+
+    assert [m for m in MEASURES if m not in demo.measures] == [
+        "asharp-max-linf", "asharp-max-l2", "asharp-avg-l2", "hessian-trace", "hessian-top"]
+    assert load_spec("replicate").measures == list(MEASURES)
     paper = load_spec("paper")
     assert paper.dataset == "cifar10" and len(paper.points()) == 64
     assert set(paper.axes) == {"variant", "batch_size", "lr", "dim", "dropout"}

@@ -99,18 +99,24 @@ def test_network_free_flag_says_which_values_do_not_depend_on_the_network(digits
         for m in model.modules():
             if isinstance(m, torch.nn.LayerNorm):
                 m.weight.uniform_(0.5, 2.0)
-    images = digits.train.images[:200]
+        images = digits.train.images[:200]
+        # centre the logits so that the predictions (the labels below) span several classes: the
+        # representation measures need at least two classes with two images each
+        model.head.bias.copy_(-model.head.weight @ model.eval().features(images).mean(0))
     data = (images, model.eval()(images).argmax(-1).detach())
     flatness = [n for n in MEASURES if n.startswith(("pacbayes", "sharpness"))]
     names = [n for n in MEASURES if n not in flatness]
-    trained = compute_measures(model, init=init, data=data, measures=names, settings=SETTINGS)
+    small = dict(max_images=200, srr_images=100, spectrum_min_evals=16, hessian_images=50, hutchinson_probes=2,
+                 power_iterations=3, adaptive_images=64, adaptive_steps=2, adaptive_samples=2)  # 16×16 matrices
+    trained = compute_measures(model, init=init, data=data, measures=names, settings=MeasureSettings(**small))
     protocol = compute_measures(model, init=init, data=data, measures=names,
-                                settings=MeasureSettings(max_images=200, srr_images=100, network="protocol"))
+                                settings=MeasureSettings(**small, network="protocol"))
     assert all(trained[n] == trained[n] for n in names), "a measure is nan: the comparison would say nothing"
     assert {n for n in names if trained[n] == protocol[n]} == {n for n in names if MEASURES[n].network_free}
     assert {n for n in MEASURES if MEASURES[n].network_free} == {
         "srr", "srr-rate", "srr-sparsity", "srr-fraction", "srr-unit", "param-norm", "fro-dist", "dist-spec-init",
-        "log-prod-of-spec", "log-sum-of-spec", "log-prod-of-fro", "log-sum-of-fro", "fro-over-spec", "path-norm"}
+        "log-prod-of-spec", "log-sum-of-spec", "log-prod-of-fro", "log-sum-of-fro", "fro-over-spec", "path-norm",
+        "ww-alpha", "ww-alpha-hat"}
     assert not any(MEASURES[n].network_free for n in flatness)  # they perturb LayerNorm parameters too
 
 

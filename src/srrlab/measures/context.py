@@ -54,6 +54,21 @@ class MeasureSettings:
     ``vmap`` forward instead of one forward each — the same draws, numbers equal up to
     floating-point reassociation (a near-tie in an argmax may fall the other way); off by default
     because on a CPU it does not pay (docs/performance.md, "Grouped training").
+    Adaptive sharpness (:mod:`~srrlab.measures.adaptive`, Andriushchenko et al. 2023): on the first
+    ``adaptive_images`` (1024) training images in batches of ``adaptive_batch_size`` (128, their m),
+    ``adaptive_steps`` (20) ascent steps from ``adaptive_restarts`` (1) starts (the first at w, the others
+    at random points of the ball), radii ``adaptive_rho_linf`` (0.001), ``adaptive_rho_l2`` (1.0) and
+    ``adaptive_rho_average`` (0.2, over ``adaptive_samples`` (20) Gaussian draws), the loss on
+    logits divided by their ℓ2 norm when ``normalize_logits`` (True).
+    Curvature (:mod:`~srrlab.measures.curvature`): the loss on the first ``hessian_images`` (512)
+    training images; Hutchinson's trace with ``hutchinson_probes`` (20) Rademacher probes; the top
+    eigenvalue by at most ``power_iterations`` (20) power iterations, stopped when the relative change
+    is below ``power_tolerance`` (1e-3).
+    Representation (:mod:`~srrlab.measures.representation`, Natekar & Sharma 2020): label-wise mixup
+    with weight ``mixup_alpha`` (0.5); augmentation: random translations by up to ``augment_shift``
+    (0.125) of the image side.
+    Spectrum (:mod:`~srrlab.measures.spectrum`, WeightWatcher): matrices with fewer than
+    ``spectrum_min_evals`` (50) eigenvalues are left out of the layer average.
     """
 
     max_images: int | None = 2000
@@ -79,6 +94,26 @@ class MeasureSettings:
     ascent_batch_size: int = 256
     magnitude_eps: float = 1e-3
     batch_draws: bool = False  # evaluate the Monte-Carlo draws of a PAC-Bayes estimate as one batched forward
+    # adaptive sharpness (Andriushchenko et al. 2023; measures/adaptive.py)
+    adaptive_images: int = 1024
+    adaptive_batch_size: int = 128
+    adaptive_steps: int = 20
+    adaptive_restarts: int = 1
+    adaptive_rho_linf: float = 0.001
+    adaptive_rho_l2: float = 1.0
+    adaptive_rho_average: float = 0.2
+    adaptive_samples: int = 20
+    normalize_logits: bool = True
+    # curvature of the training loss (measures/curvature.py)
+    hessian_images: int = 512
+    hutchinson_probes: int = 20
+    power_iterations: int = 20
+    power_tolerance: float = 1e-3
+    # representation measures (Natekar & Sharma 2020; measures/representation.py)
+    mixup_alpha: float = 0.5
+    augment_shift: float = 0.125
+    # weight-spectrum heavy tails (Martin & Mahoney 2021; measures/spectrum.py)
+    spectrum_min_evals: int = 50
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -87,7 +122,9 @@ class MeasureSettings:
         if not 0 < self.margin_percentile < 100:
             raise ValueError(f"margin_percentile must be in (0, 100), got {self.margin_percentile!r}")
         for name in ("batch_size", "search_iterations", "mc_samples", "ascent_steps", "ascent_restarts",
-                     "ascent_batch_size", "min_margin_samples"):
+                     "ascent_batch_size", "min_margin_samples", "adaptive_images", "adaptive_batch_size",
+                     "adaptive_steps", "adaptive_restarts", "adaptive_samples", "hessian_images", "hutchinson_probes",
+                     "power_iterations", "spectrum_min_evals"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -95,6 +132,13 @@ class MeasureSettings:
             raise ValueError(f"target_deviation must be in (0, 1), got {self.target_deviation!r}")
         if not 0 <= self.sigma_min < self.sigma_max:
             raise ValueError(f"need 0 <= sigma_min < sigma_max, got {self.sigma_min!r}, {self.sigma_max!r}")
+        for name in ("adaptive_rho_linf", "adaptive_rho_l2", "adaptive_rho_average", "power_tolerance"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not 0 < self.mixup_alpha < 1:
+            raise ValueError(f"mixup_alpha must be in (0, 1) (the weight of the first image), got {self.mixup_alpha!r}")
+        if not 0 <= self.augment_shift < 0.5:
+            raise ValueError(f"augment_shift must be in [0, 0.5) (a fraction of the image side), got {self.augment_shift!r}")
         self.layernorm = self.protocol.layernorm  # normalised (None / True / False → their names)
         if self.network not in NETWORKS:
             raise ValueError(f"network must be one of {', '.join(map(repr, NETWORKS))} (the network the measures "

@@ -578,16 +578,24 @@ class CRATE(nn.Module):
         x = torch.cat((cls, x), dim=1) + self.pos_embedding
         return self.emb_drop(x)
 
-    def classify(self, z: torch.Tensor, removed: frozenset[str] = frozenset()) -> torch.Tensor:
+    def pooled(self, z: torch.Tensor, removed: frozenset[str] = frozenset()) -> torch.Tensor:
+        """The representation the classifier reads: the CLS token (or token mean) after the head's LayerNorm."""
         pooled = z[:, 0] if self.config.pool == "cls" else z.mean(dim=1)
-        return self.head(_norm(self.head_norm, pooled, "head_norm", removed))
+        return _norm(self.head_norm, pooled, "head_norm", removed)
+
+    def classify(self, z: torch.Tensor, removed: frozenset[str] = frozenset()) -> torch.Tensor:
+        return self.head(self.pooled(z, removed))
 
     # -- forward passes --------------------------------------------------------------
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The penultimate representation ``(B, d)``: what the final ``head`` Linear maps to the logits."""
         z = self.embed(images)
         for layer in self.layers:
             z = layer(z).z_out
-        return self.classify(z)
+        return self.pooled(z)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
 
     def forward_layers(self, images: torch.Tensor, layernorm: str | bool = "none") -> LayerwiseOutput:
         """Forward that keeps every layer's states (the SRR measure needs them, docs/rates.md).

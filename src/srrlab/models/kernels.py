@@ -67,10 +67,12 @@ def tied_attention(w: torch.Tensor, scale: float, dropout: float = 0.0) -> torch
     On CPU without dropout the tied form's backward (three products, :class:`_TiedAttention`)
     beats SDPA's kernels: 0.6 vs 2.0 ms at the digits shape and 29 vs 38 ms at tiny
     (docs/performance.md). Otherwise: ``F.scaled_dot_product_attention(w, w, w)`` (on CUDA its
-    flash / memory-efficient kernels). Under ``torch.func.vmap`` (grouped training,
-    :mod:`srrlab.train.group`) the plain softmax and two products, which vmap batches.
+    flash / memory-efficient kernels). Under a ``torch.func`` transform — ``vmap`` (grouped training,
+    :mod:`srrlab.train.group`), ``grad`` or ``jvp`` (the Hessian-vector products of
+    :mod:`srrlab.measures.curvature`) — the plain softmax and two products, which every transform
+    composes through (the custom function is once-differentiable and has no functorch rule).
     """
-    if torch._C._functorch.is_batchedtensor(w):  # inside torch.func.vmap (grouped training): plain ops
+    if torch._C._functorch.is_functorch_wrapped_tensor(w):  # inside a torch.func transform: plain ops
         attn = torch.softmax(torch.matmul(w, w.mT) * scale, dim=-1)
         return torch.matmul(F.dropout(attn, dropout) if dropout else attn, w)
     if w.device.type == "cpu" and dropout == 0.0:
