@@ -12,6 +12,8 @@ one trained model with their Monte-Carlo draws evaluated one forward each and as
 - ``digits``: the demo preset's model (8×8 digits, dim 64, depth 3, 4 heads, batch 64, 1437 images);
 - ``fmnist``: the 28×28 Fashion-MNIST size (dim 64, depth 6, 4 heads, 50 tokens, batch 64) on the
   first 100 images per class of the embedded subset (1000 images).
+- ``tiny``: CRATE-Tiny (32×32×3, patch 4, dim 384, depth 12, 6 heads, batch 64) on 1024 synthetic
+  images (a GPU size: ``benchmarks/device_check.py`` measures it on CUDA).
 
 ``workers`` = 1: one process with one torch thread; 2: two processes at once, each with one thread
 and half the members (as a 2-worker study runs them); the time is the slower worker's training time
@@ -41,6 +43,11 @@ SIZES: dict[str, dict[str, Any]] = {
                    epochs=4),
     "fmnist": dict(model="crate-t-fmnist", dataset="fashion-mnist",
                    data_options={"subset": "embedded", "train_per_class": 100}, model_options={}, epochs=2),
+    # the paper's CRATE-Tiny (d 384, depth 12, 6 heads, 32×32×3, patch 4) on synthetic 32×32×3 images (no
+    # CIFAR files needed, e.g. on a lent GPU machine): a GPU size (benchmarks/device_check.py)
+    "tiny": dict(model="crate-t-tiny", dataset="synthetic",
+                 data_options={"image_size": 32, "channels": 3, "num_train": 1024, "num_test": 256},
+                 model_options={"patch_size": 4}, epochs=1),
 }
 
 

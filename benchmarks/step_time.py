@@ -1,7 +1,8 @@
 """Training-step time of every CRATE variant: forward + backward + Adam step.
 
 Shapes: ``tiny`` (d=384, L=12, K=6, 32×32×3 images, patch 4, batch 128) and the digits
-preset (``-digits`` size: 8×8×1, patch 2, d=64, L=4, K=4, batch 64). fp32 on CPU.
+preset (``-digits`` size: 8×8×1, patch 2, d=64, L=4, K=4, batch 64). fp32 on CPU. ``median_step`` also
+times a model on CUDA, with or without amp (benchmarks/device_check.py).
 
     python benchmarks/step_time.py [--sizes tiny,digits] [--variants crate,crate-t] [--repeats 5]
 
@@ -26,20 +27,34 @@ from srrlab.models import VARIANTS, create_model
 SHAPES = {"tiny": dict(batch=128), "digits": dict(batch=64)}
 
 
-def median_step(model: torch.nn.Module, batch: int, repeats: int, warmup: int) -> tuple[float, list[float]]:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_step(model: torch.nn.Module, batch: int, repeats: int, warmup: int,
+                amp: bool = False) -> tuple[float, list[float]]:
     """Median and all timings (s) of ``repeats`` steps (forward + CE + backward + Adam) on a fixed
-    random batch for ``model`` (which has a ``config``), after ``warmup`` untimed steps."""
+    random batch for ``model`` (which has a ``config``), after ``warmup`` untimed steps.
+
+    The batch is drawn on the CPU and moved to the model's device; on CUDA every step is timed between
+    two ``torch.cuda.synchronize()``. ``amp``: the forward under bf16 autocast (the trainer's ``--amp``)."""
     cfg = model.config
-    x = torch.randn(batch, cfg.channels, cfg.image_size, cfg.image_size)
-    y = torch.randint(0, cfg.num_classes, (batch,))
+    device = next(model.parameters()).device
+    x = torch.randn(batch, cfg.channels, cfg.image_size, cfg.image_size).to(device)
+    y = torch.randint(0, cfg.num_classes, (batch,)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     times = []
     for i in range(warmup + repeats):
+        _sync(device)
         t0 = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return statistics.median(times), times

@@ -109,3 +109,30 @@ def test_regularised_training_logs_and_changes_the_run(tmp_path, digits):
     again = train(_cfg(srr_reg=0.01, srr_layers="random"), tmp_path / "again", quiet=True, splits=digits)
     assert again.metrics[-1]["srr_reg_layers"] == m["srr_reg_layers"]
     assert again.metrics[-1]["train_ce"] == m["train_ce"]
+
+
+def test_the_regulariser_under_autocast_computes_its_rates_in_fp32():
+    """Under bf16 autocast (the trainer's --amp; CPU autocast here, the GPU case is tests/test_cuda.py) the
+    rates run with autocast off, in fp32: before, their GEMMs ran in bf16 and the closed-form backward
+    failed on the mixed dtypes (on CUDA the bf16 Cholesky of the forward fails first). The value is that of
+    the same computation outside autocast up to the bf16 layer output (2%), and the backward reaches the
+    layer's parameters."""
+    torch.manual_seed(0)
+    model = srrlab.create_model("crate-t-digits", depth=2, dim=32, heads=4)
+    x = torch.randn(8, 1, 8, 8)
+    reg = SRRRegularizer(2, 0.1, "all", None, 0.1, 1e-3)
+    _, plain, _ = reg(model, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, value, per_layer = reg(model, x)
+    assert value.dtype == torch.float32 and set(per_layer) == {1, 2}
+    assert float(value) == pytest.approx(float(plain), rel=0.02)
+    model.zero_grad(set_to_none=True)
+    (logits.float().sum() + value).backward()
+    assert model.layers[1].attn.qkv.weight.grad is not None
+    z = torch.randn(3, 20, 32)
+    u = torch.linalg.qr(torch.randn(32, 32))[0].reshape(32, 4, 8).permute(1, 0, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = srrlab.rate.srr_terms(z, u, 0.5, 0.1)
+    outside = srrlab.rate.srr_terms(z, u, 0.5, 0.1)
+    for key in ("R", "Rc", "mu"):
+        assert inside[key].dtype == torch.float32 and torch.equal(inside[key], outside[key]), key

@@ -32,9 +32,37 @@ models.md, rates.md, data.md, measures.md (with the SRR evaluation protocol), co
 study.md, regularizer.md, toy.md, reproduction.md (the paper's claims on the embedded data) and
 performance.md; README.md has a five-minute tour. ``help(srrlab.CRATE)`` documents the model class.
 """
-from .models import CRATE, VARIANTS, CRATEConfig, create_model, list_models, load_official_crate
-from .rate import measure_srr
+import importlib as _importlib
+import typing as _typing
 
 __version__ = "0.1.0"
 __all__ = ["CRATE", "CRATEConfig", "VARIANTS", "create_model", "list_models", "load_official_crate", "measure_srr",
            "__version__"]
+
+# The names above load on first use (PEP 562), so that ``import srrlab`` and the command line's
+# ``--help`` do not import torch (docs/performance.md, "CLI start-up"); so do the subpackages
+# (``srrlab.models``, ``srrlab.study``, …) reached as attributes of ``srrlab``.
+_LAZY = {"CRATE": "models", "CRATEConfig": "models", "VARIANTS": "models", "create_model": "models",
+         "list_models": "models", "load_official_crate": "models", "measure_srr": "rate"}
+
+if _typing.TYPE_CHECKING:  # pragma: no cover
+    from .models import CRATE, VARIANTS, CRATEConfig, create_model, list_models, load_official_crate
+    from .rate import measure_srr
+
+
+def __getattr__(name: str) -> _typing.Any:
+    if name in _LAZY:
+        value = getattr(_importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("_"):  # a subpackage or module: srrlab.models, srrlab.study, …
+        try:
+            return _importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -242,10 +242,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # light modules only: the parser (every --help, every argparse error) builds without torch, numpy or
+    # pandas, which the commands import when they run (docs/performance.md, "CLI start-up")
     from . import __version__
-    from .models import SIZES, VARIANTS
+    from .names import SIZES, VARIANT_NAMES
     from .options import add_flags
-    from .train import TrainConfig
+    from .train.config import TrainConfig
 
     parser = _Parser(prog="srrlab", description="Sparse Rate Reduction in CRATE-like models.")
     parser.add_argument("--version", action="version", version=f"srrlab {__version__}")
@@ -253,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list model names <variant>-<size> with parameter counts")
     p.add_argument("--size", choices=list(SIZES), help="only this size")
-    p.add_argument("--variant", choices=list(VARIANTS), help="only this variant")
+    p.add_argument("--variant", choices=list(VARIANT_NAMES), help="only this variant")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_models)
 

@@ -12,9 +12,11 @@ __all__ = ["add_study_commands", "group_options"]
 def cmd_study_run(args: argparse.Namespace) -> int:
     from .study import run_study
 
+    if args.print_job_script:
+        return _print_job_script(args)
     t0 = time.perf_counter()
-    table = run_study(args.spec, args.dir, workers=args.workers, scheduler=args.scheduler, threads=args.threads,
-                      extend=args.extend, progress=False if args.quiet else None, group=args.group)
+    table = run_study(args.spec, args.dir, execution=_execution(args), extend=args.extend,
+                      progress=False if args.quiet else None, group=args.group)
     counts = table["status"].value_counts().to_dict()
     print(f"study {args.dir}: {len(table)} grid points; " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
           + f"; this call took {time.perf_counter() - t0:.0f} s")
@@ -44,10 +46,12 @@ def cmd_study_report(args: argparse.Namespace) -> int:
 def cmd_study_measure(args: argparse.Namespace) -> int:
     from .study import StudyStore, measure_study
 
+    if args.print_job_script:
+        return _print_job_script(args)
     t0 = time.perf_counter()
     names = [n.strip() for item in args.add for n in item.split(",") if n.strip()]
-    table = measure_study(args.dir, names, args.network, workers=args.workers, scheduler=args.scheduler,
-                          threads=args.threads, progress=False if args.quiet else None)
+    table = measure_study(args.dir, names, args.network, execution=_execution(args),
+                          progress=False if args.quiet else None)
     with StudyStore(args.dir) as store:
         done = store.environments()[-1]
         networks = store.spec().networks
@@ -118,9 +122,11 @@ def _print_regularize(report: dict[str, Any]) -> None:
 def cmd_regularize_run(args: argparse.Namespace) -> int:
     from .study import run_regularize
 
+    if args.print_job_script:
+        return _print_job_script(args)
     t0 = time.perf_counter()
-    report = run_regularize(args.spec, args.dir, workers=args.workers, scheduler=args.scheduler, threads=args.threads,
-                            extend=args.extend, progress=False if args.quiet else None, group=args.group)
+    report = run_regularize(args.spec, args.dir, execution=_execution(args), extend=args.extend,
+                            progress=False if args.quiet else None, group=args.group)
     counts = report["runs"]["status"].value_counts().to_dict()
     print(f"experiment {args.dir}: {len(report['runs'])} runs; "
           + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f"; this call took {time.perf_counter() - t0:.0f} s")
@@ -147,7 +153,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 # -- parsers ----------------------------------------------------------------------------
 def _run_options(q: argparse.ArgumentParser, what: str, kind: str) -> None:
     """The options of a study-like run (``study run``, ``regularize run``): spec, folder, execution."""
-    from .study.spec import preset_names
+    from .names import preset_names  # light: --help builds without torch
 
     q.add_argument("spec", metavar="SPEC", help=f"a preset ({', '.join(preset_names(kind))}) or a TOML file")
     q.add_argument("--dir", required=True, help=f"{what} folder (database, run folders, report)")
@@ -157,11 +163,61 @@ def _run_options(q: argparse.ArgumentParser, what: str, kind: str) -> None:
 
 
 def _execution_options(q: argparse.ArgumentParser) -> None:
-    """Where and how a study call runs (``study run``, ``study measure``, ``regularize run``)."""
-    q.add_argument("--workers", type=int, default=0, help="local Dask worker processes (default 0: sequential)")
+    """Where and how a study call runs (``study run``, ``study measure``, ``regularize run``): the fields
+    of :class:`srrlab.study.cluster.Execution`, one flag each (docs/study.md, "Multi-GPU machines and
+    clusters")."""
+    q.add_argument("--workers", type=int, default=0,
+                   help="local Dask worker processes (default 0: sequential); when the spec trains on CUDA they "
+                        "are spread over the visible GPUs, round-robin")
+    q.add_argument("--workers-per-gpu", type=int, metavar="K",
+                   help="K local workers on each visible GPU (needs CUDA; with --workers N: at most K per GPU); "
+                        "each worker sees only its GPU (CUDA_VISIBLE_DEVICES)")
     q.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://127.0.0.1:8786")
-    q.add_argument("--threads", type=int, help="torch threads per run (default: cores // workers)")
+    q.add_argument("--threads", type=int,
+                   help="torch threads per run (default: cores // workers; with --cluster cores per job // "
+                        "workers per job)")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
+    c = q.add_argument_group("batch cluster (dask-jobqueue; the study's folder must be on a filesystem the jobs see)")
+    c.add_argument("--cluster", choices=["slurm", "pbs", "lsf", "sge"],
+                   help="submit batch jobs that run the study's workers; this process keeps the scheduler and the "
+                        "database, so run it on the login node (in tmux/screen) and rerun it to continue")
+    c.add_argument("--jobs", type=int, metavar="N", help="jobs kept running (default 1; an ended job is replaced)")
+    c.add_argument("--queue", metavar="Q", help="queue / partition of the jobs")
+    c.add_argument("--account", metavar="A", help="account / project the jobs are charged to")
+    c.add_argument("--walltime", metavar="HH:MM:SS", help="time limit of each job")
+    c.add_argument("--gpus-per-job", type=int, metavar="G",
+                   help="GPUs per job: each job runs one worker per GPU (x --workers-per-gpu), each seeing only "
+                        "its GPU")
+    c.add_argument("--cores-per-job", type=int, metavar="C", help="CPU cores per job (shared by its workers)")
+    c.add_argument("--memory-per-job", metavar="M", help="memory per job, e.g. 32GB (shared by its workers)")
+    c.add_argument("--workers-per-job", type=int, metavar="P", help="workers of a job without GPUs (default 1)")
+    c.add_argument("--job-extra", action="append", default=[], metavar="DIRECTIVE",
+                   help="an extra directive for the job script, e.g. --job-extra=\"--constraint=a100\" "
+                        "(repeatable)")
+    c.add_argument("--job-prologue", action="append", default=[], metavar="LINE",
+                   help="a shell line the job runs before its workers, e.g. \"module load cuda\" (repeatable)")
+    c.add_argument("--print-job-script", action="store_true",
+                   help="print the job script these options would submit, and exit (nothing is submitted)")
+
+
+def _execution(args: argparse.Namespace):
+    """The :class:`srrlab.study.cluster.Execution` of a command's execution options."""
+    from .study.cluster import Execution
+
+    return Execution(workers=args.workers, scheduler=args.scheduler, threads=args.threads,
+                     workers_per_gpu=args.workers_per_gpu, cluster=args.cluster, jobs=args.jobs, queue=args.queue,
+                     account=args.account, walltime=args.walltime, gpus_per_job=args.gpus_per_job,
+                     cores_per_job=args.cores_per_job, memory_per_job=args.memory_per_job,
+                     workers_per_job=args.workers_per_job, job_extra=tuple(args.job_extra),
+                     job_prologue=tuple(args.job_prologue))
+
+
+def _print_job_script(args: argparse.Namespace) -> int:
+    """--print-job-script: the batch job script of the execution options, nothing submitted."""
+    from .study.cluster import job_script
+
+    print(job_script(_execution(args), directory=args.dir), end="")
+    return 0
 
 
 def group_options(q: argparse.ArgumentParser) -> None:
@@ -213,7 +269,7 @@ def add_study_commands(sub) -> None:
                         "committed runs.csv + spec.toml) with these options and compare them byte for byte with "
                         "the files in DIR; exit status 1 when they differ")
     q.set_defaults(func=cmd_study_report)
-    from .measures.context import NETWORKS
+    from .names import NETWORKS  # light: --help builds without torch
 
     q = ssub.add_parser("measure", help="add measures or network readings to the study in DIR without retraining",
                         description="Add measures (--add) and network readings (--network) to the stored spec of the "

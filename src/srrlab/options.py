@@ -11,8 +11,10 @@ import typing
 from collections.abc import Iterable
 from typing import Any
 
+from .names import RATE_CONVENTIONS, SPARSITY_FORMS
+
 __all__ = ["check_keys", "is_none", "NONE_WORDS", "EXECUTION_SETTINGS", "option", "check_types", "parse_text",
-           "parse_assignments", "add_flags"]
+           "parse_assignments", "add_flags", "SRR_SETTINGS", "srr_option"]
 
 #: TrainConfig fields that say how a run executes, not what it computes (its numbers are equal up to
 #: floating-point reassociation): they are not hyperparameters (no ``hp.*`` column) and a study's
@@ -55,6 +57,28 @@ def option(default: Any = dataclasses.MISSING, *, help: str, default_factory: An
     ``argparse`` keyword in ``cli`` (``choices``, ``metavar``, ``nargs``, ``const``; ``flag=False``
     keeps the field off the command line)."""
     return dataclasses.field(default=default, default_factory=default_factory, metadata={"help": help, **cli})
+
+
+#: The settings of the SRR measure that training (the ``srr_every`` recording, the regulariser) and
+#: the measures share: one default and one meaning each, declared here and used by
+#: :class:`~srrlab.train.TrainConfig` (``srr_*`` fields), :class:`~srrlab.measures.MeasureSettings` and
+#: :class:`~srrlab.rate.SRRProtocol` (its ``sparsity`` and ``rate`` defaults); also
+#: ``srrlab.rate.protocol.SRR_SETTINGS``. Here, not in srrlab.rate, so that ``srrlab train --help``
+#: builds without torch.
+SRR_SETTINGS: dict[str, dict[str, Any]] = {
+    "srr_images": dict(default=500, help="training images SRR is averaged over (a fixed random subset); none: all"),
+    "srr_eps": dict(default=None, help="ε of the rates (default none: the rate convention's, gamma1: ε² = p/N)"),
+    "srr_lam": dict(default=0.1, help="λ of μ = λ‖Z‖₀ + R^c − R (docs/theory.md §5)"),
+    "sparsity": dict(default="count", choices=SPARSITY_FORMS,
+                     help="‖Z‖₀ as the count of non-zero entries or their fraction"),
+    "rate": dict(default="gamma1", choices=RATE_CONVENTIONS,
+                 help="rate convention: gamma1 (raw tokens, ε² = p/N) or unit (unit-norm tokens, ε² = 0.01)"),
+}
+
+
+def srr_option(name: str) -> Any:
+    """The dataclass field of shared SRR setting ``name`` (see :data:`SRR_SETTINGS`)."""
+    return option(**SRR_SETTINGS[name])
 
 
 @functools.cache
@@ -151,15 +175,17 @@ def add_flags(parser: argparse.ArgumentParser, cls: type) -> list[str]:
     """Add one ``--field-name`` flag per field of dataclass ``cls`` that carries help (see
     :func:`option`), typed by :func:`parse_text`, with its help text and default; boolean fields
     that default to false become switches. A flag left out is absent from the parsed namespace, so
-    the dataclass's default applies. Returns the names of the fields given flags."""
-    defaults = cls()
+    the dataclass's default applies. Returns the names of the fields given flags.
+
+    The defaults shown are the fields' declared ones: ``cls`` is not instantiated, so that its
+    validation (which may import torch) does not run when a parser is built."""
     added = []
     for f in dataclasses.fields(cls):
         meta = dict(f.metadata)
         if "help" not in meta or not meta.pop("flag", True):
             continue
         text = meta.pop("help")
-        default = getattr(defaults, f.name)
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         flag = "--" + f.name.replace("_", "-")
         switch = _field_types(cls)[f.name][0] == (bool,) and default is False
         if "default" not in text and not switch:

@@ -199,7 +199,7 @@ def _rate(z: torch.Tensor, u: torch.Tensor, eps: float) -> float:
 
 def run(rule: str, seed: int = 0, *, num_tokens: int = 196, dim: int = 384, heads: int = 6, depth: int = 12,
         alpha: float = 1.0, scale: float = 1.0, eps: float | None = None, temperature: float | None = None,
-        dtype: torch.dtype = torch.float64) -> pd.DataFrame:
+        dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> pd.DataFrame:
     """Run ``depth`` layers of ``rule`` from the ``seed`` draw; one row per layer.
 
     Columns: ``rule``, ``seed``, ``layer`` (1…L), ``rc_before`` = ``R^c(Z^{ℓ-1}; U^ℓ)``,
@@ -210,6 +210,8 @@ def run(rule: str, seed: int = 0, *, num_tokens: int = 196, dim: int = 384, head
     Defaults are the literal paper setting (N = 196, d = 384, K = 6, L = 12, α = 1, unit-variance
     ``Z⁰``). Overflow (taylor and second-order overflow fp64 within about five layers there) is
     reported as inf/nan, never raised; once ``Z`` is non-finite the remaining layers are nan.
+    ``device``: where the layers and rates are computed; the draws are made on the CPU (seeded, fp64,
+    :func:`draw`) and moved there, so every device starts from the same ``Z⁰`` and bases.
     """
     from .rate import default_eps
 
@@ -226,6 +228,7 @@ def run(rule: str, seed: int = 0, *, num_tokens: int = 196, dim: int = 384, head
     tau = p**-0.5 if temperature is None else float(temperature)
 
     z, bases = draw(seed, num_tokens=num_tokens, dim=dim, heads=heads, depth=depth, scale=scale, dtype=dtype)
+    z, bases = z.to(device), [u.to(device) for u in bases]
     rows = []
     with warnings.catch_warnings(), np.errstate(all="ignore"), torch.no_grad():
         warnings.simplefilter("ignore")

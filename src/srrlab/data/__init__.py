@@ -32,6 +32,7 @@ from .cifar import load_cifar
 from .digits import load_digits_splits
 from .fashion import load_fashion_mnist
 from .synthetic import SYNTHETIC_DEFAULTS, synthetic_images, synthetic_tokens
+from ..names import DATASETS  # names accepted by load_dataset; there for the command line (no numpy)
 
 __all__ = [
     "DATASETS",
@@ -50,8 +51,6 @@ __all__ = [
     "synthetic_tokens",
 ]
 
-#: Dataset names accepted by :func:`load_dataset`.
-DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "synthetic", "fashion-mnist")
 
 #: Environment variable read when ``data_dir`` is not given.
 DATA_ENV_VAR = "SRRLAB_DATA"

@@ -160,6 +160,9 @@ def sharpness_loss(logits: torch.Tensor, labels: torch.Tensor, normalize_logits:
 
 def _loss_fn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              normalize_logits: bool) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+    device = next(model.parameters()).device  # images given on another device (the CPU) are moved once
+    images, labels = images.to(device), labels.to(device)
+
     def loss(params: dict[str, torch.Tensor]) -> torch.Tensor:
         return sharpness_loss(functional_call(model, params, (images,)), labels, normalize_logits)
     return loss

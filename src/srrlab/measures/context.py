@@ -17,12 +17,13 @@ from ..models import CRATE
 from ..models.crate import ISTAStep
 from ..options import check_keys, check_types
 from ..rate import SRRMeasurement, SRRProtocol, measure_srr
+from ..names import NETWORKS
 from ..rate.protocol import srr_option
 
 __all__ = ["MeasureSettings", "MeasureContext", "WeightMatrix", "weight_matrices", "NETWORKS"]
 
-#: Networks the measures other than SRR can evaluate (``MeasureSettings.network``).
-NETWORKS = ("trained", "protocol")
+# NETWORKS ("trained", "protocol": what the measures other than SRR evaluate, MeasureSettings.network)
+# is owned by srrlab.names, where the command line reads it without torch.
 
 
 @dataclass
@@ -187,7 +188,12 @@ def weight_matrices(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
 
 
 def _as_model(init: Any, model: CRATE) -> CRATE | None:
-    if init is None or isinstance(init, nn.Module):
+    if init is None:
+        return init
+    if isinstance(init, nn.Module):
+        device = next(model.parameters()).device
+        if any(p.device != device for p in init.parameters()):  # e.g. a CUDA model, its init loaded on the CPU
+            return copy.deepcopy(init).to(device)  # a copy: the caller's init stays where it is
         return init
     if isinstance(init, dict):
         clone = copy.deepcopy(model)

@@ -31,6 +31,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..names import VARIANT_NAMES
 from ..options import check_types
 from .kernels import ista, ista_operator, tied_attention
 
@@ -374,6 +375,8 @@ VARIANTS: dict[str, Variant] = {
                 "one exact gradient-descent step on R^c: Z − α∇R^c(Z)"),
     )
 }
+if tuple(VARIANTS) != VARIANT_NAMES:  # the command line lists srrlab.names.VARIANT_NAMES without torch
+    raise ImportError(f"srrlab.names.VARIANT_NAMES {VARIANT_NAMES} differs from the variant table {tuple(VARIANTS)}")
 
 
 # --------------------------------------------------------------------------------------

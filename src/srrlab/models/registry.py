@@ -4,25 +4,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ..names import SIZES  # model sizes (dim / depth / heads, image defaults): owned there, for the command line
 from .crate import CRATE, VARIANTS, CRATEConfig
 
 __all__ = ["SIZES", "create_model", "model_config", "list_models", "parse_model_name"]
-
-# dim / depth / heads of the official CRATE sizes (image defaults: 32×32 CIFAR, patch 4;
-# the official ImageNet models use image_size=224, patch_size=16, num_classes=1000), plus
-# small CPU sizes for the 8×8 digits and 32×32 CIFAR.
-SIZES: dict[str, dict[str, Any]] = {
-    "tiny": dict(dim=384, depth=12, heads=6),
-    "small": dict(dim=576, depth=12, heads=12),
-    "base": dict(dim=768, depth=12, heads=12),
-    "large": dict(dim=1024, depth=24, heads=16),
-    # CPU sizes
-    "digits": dict(image_size=8, patch_size=2, channels=1, num_classes=10, dim=64, depth=4, heads=4),
-    "micro": dict(dim=128, depth=6, heads=4),
-    # 28×28 grey-scale Fashion-MNIST: a CPU size like `digits` (dim 64, 4 heads), patch 4 gives
-    # 7×7 = 49 patches + CLS = 50 tokens; depth 6 since the images carry more structure than 8×8 digits.
-    "fmnist": dict(image_size=28, patch_size=4, channels=1, num_classes=10, dim=64, depth=6, heads=4),
-}
 
 _FIELDS = {f.name for f in dataclasses.fields(CRATEConfig)}
 

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ._checks import _check_eps, _check_lam, _check_tol, _check_u, _check_z, _compute_dtype
 from ._logdet import _half_logdet_gram, logdet_identity_plus
+from ..names import RATE_CONVENTIONS
 
 __all__ = [
     "default_eps",
@@ -44,11 +45,8 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 # Conventions: ε and γ
 # --------------------------------------------------------------------------------------
-#: Rate conventions of the SRR measure (docs/rates.md "Rate conventions"): how tokens are scaled
-#: before the rates and the default ε. ``"gamma1"``: raw tokens, ε² = p/N (γ = 1, the CRATE
-#: models' convention); ``"unit"``: every token (per head for R^c) scaled to unit norm, ε² = 0.01
-#: (the official CRATE analysis tool's convention).
-RATE_CONVENTIONS = ("gamma1", "unit")
+# RATE_CONVENTIONS ("gamma1", "unit"; docs/rates.md "Rate conventions") is owned by srrlab.names,
+# where the command line reads it without importing torch.
 #: ε of the ``"unit"`` convention (ε² = 0.01).
 UNIT_EPS = 0.1
 
@@ -86,6 +84,23 @@ def rate_gamma(dim: int, num_tokens: int, eps: float | None) -> float:
 # --------------------------------------------------------------------------------------
 # R, R^c, ‖Z‖₀ and μ
 # --------------------------------------------------------------------------------------
+def _autocast_on(t: Tensor) -> bool:
+    """Whether autocast (amp) is active for ``t``'s device: its GEMMs would run in bf16/fp16 and hand the
+    Cholesky factorisation a low-precision matrix (on CUDA, one it cannot factorise at all)."""
+    if not isinstance(t, Tensor):
+        return False
+    try:
+        return torch.is_autocast_enabled(t.device.type)
+    except (TypeError, RuntimeError):  # torch < 2.4 takes no device type; an unusual device has no autocast
+        return torch.is_autocast_cpu_enabled() if t.device.type == "cpu" else torch.is_autocast_enabled()
+
+
+def _full_precision(t: Tensor):
+    """Autocast off for ``t``'s device: the rates are computed in their compute dtype (at least fp32)
+    even inside an amp region (the SRR regulariser under ``--amp``, ``crate-g`` under autocast)."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 def _unit_tokens(x: Tensor) -> Tensor:
     """Every token (last dim) scaled to unit Euclidean norm; an all-zero token stays zero."""
     return x / x.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
@@ -93,6 +108,9 @@ def _unit_tokens(x: Tensor) -> Tensor:
 
 def _coding_rate(Z: Tensor, eps: float, dtype, side: str | None = None, unit: bool = False) -> Tensor:
     """:func:`coding_rate`; ``side`` forces the Gram (``"N"``: N×N ``Z Zᵀ``, ``"d"``: d×d ``ZᵀZ``)."""
+    if _autocast_on(Z):
+        with _full_precision(Z):
+            return _coding_rate(Z, eps, dtype, side, unit)
     _check_z(Z)
     eps = _check_eps(eps)
     Z = Z.to(_compute_dtype(Z, dtype))
@@ -130,6 +148,9 @@ def coding_rate(Z: Tensor, eps: float, *, dtype: torch.dtype | None = None, unit
 def _compression_rate(Z: Tensor, U: Tensor, eps: float, dtype, side: str | None = None,
                       unit: bool = False) -> Tensor:
     """:func:`compression_rate`; ``side`` forces the head Grams (``"p"``: p×p, ``"N"``: N×N)."""
+    if _autocast_on(Z):
+        with _full_precision(Z):
+            return _compression_rate(Z, U, eps, dtype, side, unit)
     _check_z(Z)
     K, p = _check_u(U, Z)
     eps = _check_eps(eps)
@@ -273,8 +294,13 @@ def compression_rate_gradient(z: torch.Tensor, wq: torch.Tensor, heads: int, gam
 
     Push-through form (docs/theory.md §3): ``∇_Z R^c = γ Σ_k U_k (I_p + γ A_k A_kᵀ)^{-1} A_k``, a ``p×p``
     Cholesky solve per image and head. Row form: ``z`` is ``(B, N, d)``, ``wq = Uᵀ`` is ``(K·p, d)``.
-    Returns ``(B, N, d)``. The ``crate-g`` update of :mod:`srrlab.models.crate`.
+    Returns ``(B, N, d)``. The ``crate-g`` update of :mod:`srrlab.models.crate`. Under autocast (amp) it
+    is computed with autocast off in ``z``'s dtype, at least fp32 (CUDA has no bf16 Cholesky).
     """
+    if _autocast_on(z):
+        with _full_precision(z):
+            cdt = _compute_dtype(z, None)
+            return compression_rate_gradient(z.to(cdt), wq.to(cdt), heads, gamma)
     b, n, _ = z.shape
     p = wq.shape[0] // heads
     a = (z @ wq.t()).view(b, n, heads, p).transpose(1, 2)  # (B, K, N, p): row form of A_kᵀ

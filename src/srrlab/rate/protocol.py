@@ -14,17 +14,15 @@ Every measurement records its protocol (:attr:`SRRProtocol.name`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-from ..options import option
 
 from ..models.crate import LAYERNORM_PROTOCOLS, layernorm_protocol
-from .core import RATE_CONVENTIONS
+from ..names import RATE_CONVENTIONS, SPARSITY_FORMS
+# declared in srrlab.options (the command line reads them without torch), shared by TrainConfig and MeasureSettings
+from ..options import SRR_SETTINGS, srr_option
 
 __all__ = ["SRRProtocol", "SPARSITY_FORMS", "DEFAULT_PROTOCOL", "SRR_SETTINGS", "srr_option"]
 
-#: Forms of the sparsity term: the literal count of non-zeros, or their fraction ``count/(N·d)``.
-SPARSITY_FORMS = ("count", "fraction")
+# SPARSITY_FORMS (the literal count of non-zeros, or their fraction count/(N·d)) is owned by srrlab.names.
 
 
 @dataclass(frozen=True)
@@ -37,8 +35,8 @@ class SRRProtocol:
     """
 
     layernorm: str = "pre"
-    sparsity: str = "count"
-    rate: str = "gamma1"
+    sparsity: str = SRR_SETTINGS["sparsity"]["default"]  # "count"
+    rate: str = SRR_SETTINGS["rate"]["default"]  # "gamma1"
 
     def __post_init__(self) -> None:
         # None reads as "none" (no LayerNorm removed): command lines and TOML spell it that way.
@@ -63,22 +61,3 @@ class SRRProtocol:
 
 
 DEFAULT_PROTOCOL = SRRProtocol()
-
-
-#: The settings of the SRR measure that training (the ``srr_every`` recording, the regulariser) and
-#: the measures share: one default and one meaning each, declared here and used by
-#: :class:`~srrlab.train.TrainConfig` (``srr_*`` fields) and :class:`~srrlab.measures.MeasureSettings`.
-SRR_SETTINGS: dict[str, dict[str, Any]] = {
-    "srr_images": dict(default=500, help="training images SRR is averaged over (a fixed random subset); none: all"),
-    "srr_eps": dict(default=None, help="ε of the rates (default none: the rate convention's, gamma1: ε² = p/N)"),
-    "srr_lam": dict(default=0.1, help="λ of μ = λ‖Z‖₀ + R^c − R (docs/theory.md §5)"),
-    "sparsity": dict(default=DEFAULT_PROTOCOL.sparsity, choices=SPARSITY_FORMS,
-                     help="‖Z‖₀ as the count of non-zero entries or their fraction"),
-    "rate": dict(default=DEFAULT_PROTOCOL.rate, choices=RATE_CONVENTIONS,
-                 help="rate convention: gamma1 (raw tokens, ε² = p/N) or unit (unit-norm tokens, ε² = 0.01)"),
-}
-
-
-def srr_option(name: str) -> Any:
-    """The dataclass field of shared SRR setting ``name`` (see :data:`SRR_SETTINGS`)."""
-    return option(**SRR_SETTINGS[name])

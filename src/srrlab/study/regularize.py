@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from .cluster import Execution
 from .runner import run_study
 from .spec import SpecError, StudySpec, load_spec
 from .store import DB_NAME, StudyStore
@@ -87,7 +88,8 @@ def report_regularize(directory: str | os.PathLike) -> dict[str, Any]:
 
 def run_regularize(spec: str | os.PathLike | StudySpec, directory: str | os.PathLike, *, workers: int = 0,
                    scheduler: str | None = None, threads: int | None = None, extend: bool = False,
-                   progress: bool | None = None, group: str | None = None) -> dict[str, Any]:
+                   progress: bool | None = None, group: str | None = None,
+                   execution: Execution | None = None) -> dict[str, Any]:
     """Run (or continue) the regularisation experiment ``spec`` in ``directory``, then write its report.
 
     Same execution options as :func:`srrlab.study.run_study`. Returns the report's dict:
@@ -97,7 +99,7 @@ def run_regularize(spec: str | os.PathLike | StudySpec, directory: str | os.Path
     """
     spec = load_regularize_spec(spec)
     runs: pd.DataFrame = run_study(spec, directory, workers=workers, scheduler=scheduler, threads=threads,
-                                   extend=extend, progress=progress, group=group)
+                                   extend=extend, progress=progress, group=group, execution=execution)
     report = _write_report(spec, runs, directory)
     report["runs"] = runs
     return report

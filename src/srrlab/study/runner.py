@@ -1,11 +1,11 @@
 """Running a study: every grid point trained exactly once, then measured; measures added later are
-taken on the stored run folders without retraining; resumable; sequential, on a local Dask cluster,
-or on an existing Dask scheduler. Only this (client) process writes the study database."""
+taken on the stored run folders without retraining; resumable; sequential, on a local Dask cluster
+(CPU workers, or workers placed on the GPUs), on an existing Dask scheduler, or on a batch cluster's
+jobs (:mod:`srrlab.study.cluster`). Only this (client) process writes the study database."""
 from __future__ import annotations
 
 import contextlib
 import datetime
-import logging
 import os
 import shutil
 import subprocess
@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..runs import STATUS_OF_RUN, RunFolder
+from .cluster import Execution, Plan, local_cluster, plan_execution, start_cluster
 from .spec import StudySpec, load_spec
 from .store import DB_NAME, StudyStore
 
@@ -208,30 +209,7 @@ def plan_tasks(spec: StudySpec, tasks: list[tuple[str, dict[str, Any], str]], gr
     return plan
 
 
-def _local_cluster(workers: int):
-    """A local Dask cluster of ``workers`` single-threaded worker processes for training runs.
-
-    Dask presets ``MALLOC_TRIM_THRESHOLD_=65536`` in its workers' environment. Any explicit glibc
-    malloc threshold freezes the mmap threshold at 128 KiB, so every activation tensor of a training
-    step is mapped and unmapped again: ~280k page faults/s and half the CPU in the kernel (measured:
-    2.6-4.4 s per Fashion-MNIST epoch against 1.0-1.6 s outside Dask). Workers keep glibc's adaptive
-    defaults; Dask's thread limits (OMP/MKL/OPENBLAS_NUM_THREADS=1) stay.
-    """
-    import dask
-    from dask.distributed import LocalCluster
-
-    environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
-               if k != "MALLOC_TRIM_THRESHOLD_"}
-    # LocalCluster also writes those variables into *this* process's environment; restore it once the
-    # workers are spawned, so that later subprocesses (and this process) keep their thread defaults.
-    saved = dict(os.environ)
-    try:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-            return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                                silence_logs=logging.ERROR)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+_local_cluster = local_cluster  # the CPU workers' cluster (srrlab.study.cluster.local_cluster)
 
 
 @dataclass(frozen=True)
@@ -272,14 +250,6 @@ def _measure_job(source: str, run_id: str, point: dict[str, Any], run_dir: str, 
     return _Job("measure", execute_measures, (source, point, run_dir, keys), (run_id,), f"srrlab-measure-{run_id}")
 
 
-def _threads_per_worker(workers: int, scheduler: str | None, threads: int | None) -> int | None:
-    """Torch threads per run: ``threads`` if given; on a local cluster cores // workers; else None (the
-    process's or the external worker's own count)."""
-    if threads or scheduler or not workers:
-        return threads
-    return max(1, (os.cpu_count() or 1) // workers)
-
-
 def _sequential(jobs: list[_Job], threads: int | None,
                 on_start: Callable[[str], None]) -> Iterator[tuple[_Job, Any]]:
     for job in jobs:
@@ -289,17 +259,18 @@ def _sequential(jobs: list[_Job], threads: int | None,
         yield job, job.fn(*job.args, threads)
 
 
-def _dask(jobs: list[_Job], workers: int | None, scheduler: str | None, threads: int | None,
-          on_start: Callable[[str], None]) -> Iterator[tuple[_Job, Any]]:
+def _dask(jobs: list[_Job], plan: Plan, on_start: Callable[[str], None], *, directory: str | os.PathLike,
+          name: str) -> Iterator[tuple[_Job, Any]]:
     from dask.distributed import Client, as_completed
 
-    cluster = None
-    per_worker = _threads_per_worker(workers or 0, scheduler, threads)
-    if scheduler:
-        client = Client(scheduler, timeout="30s")
-    else:
-        cluster = _local_cluster(workers)
-        client = Client(cluster)
+    per_worker = plan.threads
+    cluster = start_cluster(plan, directory=directory, name=name)
+    try:
+        client = Client(cluster) if cluster is not None else Client(plan.execution.scheduler, timeout="30s")
+    except BaseException:
+        if cluster is not None:
+            cluster.close()
+        raise
     try:
         futures = {}
         for job in jobs:
@@ -341,31 +312,36 @@ def _git_commit() -> tuple[str | None, bool | None]:
     return head.stdout.strip(), dirty
 
 
+def _device_setting(spec: StudySpec) -> str:
+    """The training device setting of the spec's first grid point ("auto", "cuda", "cpu", …)."""
+    return str(spec.train_config(spec.points()[0]).device)
+
+
 def _device(spec: StudySpec) -> str:
     """The training device of the spec's first grid point as resolved on this machine (its setting when
     it cannot be resolved here)."""
     from ..train import select_device
 
-    device = spec.train_config(spec.points()[0]).device
+    device = _device_setting(spec)
     try:
         return str(select_device(device))
     except (ValueError, RuntimeError):
         return str(device)
 
 
-def _environment(spec: StudySpec, *, workers: int, scheduler: str | None, threads: int | None,
-                 trained: int, measured: list[tuple[str, dict[str, Any], list[str]]]) -> dict[str, Any]:
+def _environment(spec: StudySpec, plan: Plan, *, trained: int,
+                 measured: list[tuple[str, dict[str, Any], list[str]]]) -> dict[str, Any]:
     """The entry :meth:`StudyStore.log_environment` records for one :func:`run_study` call: where and
     with what it runs, and what it sets out to do."""
     from .. import __version__
 
     commit, dirty = _git_commit()
-    per_worker = _threads_per_worker(workers, scheduler, threads)
+    scheduler = plan.execution.scheduler
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "srrlab": __version__, "git_commit": commit, "git_dirty": dirty, "torch": torch.__version__,
-        "threads": per_worker if per_worker or scheduler else torch.get_num_threads(),
-        "workers": workers, "scheduler": scheduler, "device": _device(spec),
+        "threads": plan.threads if plan.threads or scheduler else torch.get_num_threads(),
+        "scheduler": scheduler, **plan.record(), "device": _device(spec),
         "points_trained": trained, "rows_measured": len(measured),
         "measure_keys_added": list(dict.fromkeys(k for _, _, keys in measured for k in keys)),
     }
@@ -373,13 +349,18 @@ def _environment(spec: StudySpec, *, workers: int, scheduler: str | None, thread
 
 def run_study(spec: StudySpec | str | os.PathLike, directory: str | os.PathLike, *, workers: int = 0,
               scheduler: str | None = None, threads: int | None = None, extend: bool = False,
-              progress: bool | None = None, group: str | None = None, train: bool = True) -> pd.DataFrame:
+              progress: bool | None = None, group: str | None = None, train: bool = True,
+              execution: Execution | None = None) -> pd.DataFrame:
     """Run (or continue) the study ``spec`` in ``directory`` and return its tidy table.
 
     ``workers=0`` (default) trains in this process, one point after another; ``workers=N``
     starts a local Dask cluster of N single-threaded worker processes (torch threads per worker
     = cores // N unless ``threads`` is given); ``scheduler="tcp://host:port"`` uses an existing
-    Dask cluster. Running the same command again continues where it stopped: finished points are
+    Dask cluster. ``execution`` (:class:`srrlab.study.cluster.Execution`, instead of those three) holds
+    every execution option: workers placed on the GPUs (one per visible GPU, or ``workers_per_gpu``
+    each) when the spec trains on CUDA, or a batch cluster's jobs (``cluster="slurm"``, ``jobs``,
+    ``gpus_per_job``, …); docs/study.md, "Multi-GPU machines and clusters". Running the same command
+    again continues where it stopped: finished points are
     kept, interrupted ones resume their run folder (or restart it cleanly). A spec that differs
     from the stored one is refused; ``extend=True`` accepts added grid values. ``group`` ("auto",
     "on", "off"; default: the spec's ``group``) says whether points that can share one stacked
@@ -396,10 +377,8 @@ def run_study(spec: StudySpec | str | os.PathLike, directory: str | os.PathLike,
     from .spec import GROUP_MODES
 
     spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
-    if workers < 0:
-        raise ValueError(f"workers must be >= 0 (0: sequential in this process), got {workers}")
-    if workers and scheduler:
-        raise ValueError("give either --workers (a local cluster) or --scheduler (an existing one), not both")
+    plan = plan_execution(Execution.of(execution, workers=workers, scheduler=scheduler, threads=threads),
+                          _device_setting(spec))
     if group is not None and group not in GROUP_MODES:
         raise ValueError(f"group must be one of {', '.join(map(repr, GROUP_MODES))}, got {group!r}")
     with StudyStore(directory) as store:
@@ -413,17 +392,17 @@ def run_study(spec: StudySpec | str | os.PathLike, directory: str | os.PathLike,
         jobs = [_measure_job(source, run_id, point, str(run_folder(directory, run_id)), keys)
                 for run_id, point, keys in measured]
         jobs += [_train_job(source, members) for members in plan_tasks(spec, points, group or spec.group)]
-        store.log_environment(_environment(stored, workers=workers, scheduler=scheduler, threads=threads,
-                                           trained=len(points), measured=measured))
+        store.log_environment(_environment(stored, plan, trained=len(points), measured=measured))
         show = progress if progress is not None else os.isatty(2)
         bar = tqdm(total=finished + len(points) + len(measured), initial=finished, desc=f"study {spec.name}",
                    unit="task" if measured else "model", disable=not show, dynamic_ncols=True)
         unmeasured: list[str] = []
         try:
-            if workers or scheduler:
-                results = _dask(jobs, workers, scheduler, threads, store.mark_running)
+            if plan.parallel:
+                results = _dask(jobs, plan, store.mark_running, directory=directory,
+                                name=Path(directory).resolve().name)
             else:
-                results = _sequential(jobs, threads, store.mark_running)
+                results = _sequential(jobs, plan.threads, store.mark_running)
             for job, result in results:
                 for run_id, row in job.rows(result):
                     if job.kind == "train":
@@ -444,7 +423,7 @@ def run_study(spec: StudySpec | str | os.PathLike, directory: str | os.PathLike,
 
 def measure_study(directory: str | os.PathLike, names: Sequence[str] = (), networks: Sequence[str] = (), *,
                   workers: int = 0, scheduler: str | None = None, threads: int | None = None,
-                  progress: bool | None = None) -> pd.DataFrame:
+                  progress: bool | None = None, execution: Execution | None = None) -> pd.DataFrame:
     """Add the measures ``names`` (``"all"``: every one) and the network readings ``networks`` to the
     study in ``directory`` and measure what its finished rows lack, on their stored run folders
     (nothing is trained; points still to train stay pending). The stored spec's ``[measures]`` tables
@@ -457,4 +436,4 @@ def measure_study(directory: str | os.PathLike, names: Sequence[str] = (), netwo
     with StudyStore(directory) as store:
         spec = store.spec()
     return run_study(spec.with_measures(list(names), list(networks)), directory, workers=workers,
-                     scheduler=scheduler, threads=threads, progress=progress, train=False)
+                     scheduler=scheduler, threads=threads, progress=progress, train=False, execution=execution)

@@ -23,32 +23,12 @@ from ..data import DATASETS
 from ..measures import MEASURES, MeasureSettings
 from ..measures.context import NETWORKS
 from ..models import SIZES, VARIANTS, CRATEConfig
+from ..names import PRESET_FILES, preset_names  # owned there: the command line lists them without torch
 from ..options import EXECUTION_SETTINGS, check_keys, is_none
 from ..runs import measure_key, parse_measure_key
 from ..train import TrainConfig
 
 __all__ = ["StudySpec", "SpecError", "PRESETS", "load_spec", "point_id", "group_label", "preset_names"]
-
-#: Preset file names per kind of experiment.
-PRESET_FILES = {"study": "{name}.toml", "regularize": "regularize-{name}.toml"}
-
-
-def preset_names(kind: str = "study") -> tuple[str, ...]:
-    """The presets shipped in the package for ``kind`` (``srrlab/study/presets/``), sorted."""
-    if kind not in PRESET_FILES:
-        raise ValueError(f"kind must be one of {', '.join(PRESET_FILES)}, got {kind!r}")
-    prefix, suffix = PRESET_FILES[kind].split("{name}")
-    names = []
-    for entry in resources.files("srrlab.study").joinpath("presets").iterdir():
-        stem = entry.name
-        if stem.startswith(prefix) and stem.endswith(suffix):
-            name = stem[len(prefix):len(stem) - len(suffix)]
-            if kind == "study" and any(name.startswith(p.split("{name}")[0]) for k, p in PRESET_FILES.items()
-                                       if k != "study"):
-                continue  # regularize-*.toml is not a study preset
-            names.append(name)
-    return tuple(sorted(names))
-
 
 #: Study presets shipped in the package (``srrlab/study/presets/<name>.toml``).
 PRESETS = preset_names("study")

@@ -229,6 +229,7 @@ class _Stack:
         orders = torch.stack([torch.randperm(self.n, generator=torch.Generator().manual_seed(
             _derived_seed(t.cfg.seed, epoch, 1))) for t in self.trainers]).to(self.device)
         active = torch.ones(G, dtype=torch.bool, device=self.device)
+        live = [True] * G  # `active` on the host: reading a CUDA tensor's entries would sync per member and step
         loss_sum = [0.0] * G
         steps = [(epoch - 1) * self.spe] * G
         lrs, seen = [0.0] * G, 0
@@ -236,7 +237,7 @@ class _Stack:
             idx = orders[:, b * self.batch_size:(b + 1) * self.batch_size]  # (G, B): each member's own batch
             x, y = self.x_all[idx], self.y_all[idx]
             for g, t in enumerate(self.trainers):
-                if active[g]:
+                if live[g]:
                     lrs[g] = _lr_at(t.cfg, steps[g], t.total_steps, self.spe)
             logits = self.forward({**self.params, **self.frozen}, self.buffers, x)  # (G, B, classes)
             ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
@@ -245,13 +246,14 @@ class _Stack:
             values = ce.detach().cpu().tolist()
             seen += idx.shape[1]
             for g in range(G):
-                if active[g]:
+                if live[g]:
                     steps[g] += 1
                     loss_sum[g] += values[g] * idx.shape[1]
                     if not math.isfinite(values[g]):  # diverged: stops its epoch after this step, as alone
                         loss_sum[g] = float("nan")
+                        live[g] = False
                         active[g] = False
-            if not active.any():
+            if not any(live):
                 break
         return steps, lrs, [s / seen for s in loss_sum]
 
