@@ -9,7 +9,7 @@ Transformer-like Models" (NeurIPS 2024). The package follows the pipeline, one s
             (re-exported here), SRRProtocol
   data      embedded digits and Fashion-MNIST subset, CIFAR-10/100, synthetic: load_dataset, Splits
   train     one run folder per model (resumable): TrainConfig, train, resume, load_run, read_layerwise
-  measures  30 complexity measures: MEASURES, MeasureSettings, compute_measures, measure_run, measure_runs
+  measures  40 complexity measures: MEASURES, MeasureSettings, compute_measures, measure_run, measure_runs
   study     populations over a grid: run_study, report_study, run_regularize, report_regularize, load_spec
   report    figures and markdown: plot_layerwise, write_study_report (used by study)
   correlation  Kendall τ with uncertainty: kendall_test, correlation_table, compare_measures
@@ -32,8 +32,9 @@ models.md, rates.md, data.md, measures.md (with the SRR evaluation protocol), co
 study.md, regularizer.md, toy.md, reproduction.md (the paper's claims on the embedded data) and
 performance.md; README.md has a five-minute tour. ``help(srrlab.CRATE)`` documents the model class.
 """
-import importlib as _importlib
 import typing as _typing
+
+from ._lazy import lazy_attributes as _lazy_attributes
 
 __version__ = "0.1.0"
 __all__ = ["CRATE", "CRATEConfig", "VARIANTS", "create_model", "list_models", "load_official_crate", "measure_srr",
@@ -50,19 +51,4 @@ if _typing.TYPE_CHECKING:  # pragma: no cover
     from .rate import measure_srr
 
 
-def __getattr__(name: str) -> _typing.Any:
-    if name in _LAZY:
-        value = getattr(_importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    if not name.startswith("_"):  # a subpackage or module: srrlab.models, srrlab.study, …
-        try:
-            return _importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{name}":
-                raise
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _lazy_attributes(__name__, _LAZY, globals())
