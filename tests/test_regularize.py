@@ -7,10 +7,12 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from srrlab.cli import main as cli
 from srrlab.io import read_jsonl
-from srrlab.report.regularize import arm_label, paper_table, regularization_summary, verdict_sentences
+from srrlab.report.paired import detectable_effect
+from srrlab.report.regularize import arm_label, paper_table, pooled_summary, regularization_summary, verdict_sentences
 from srrlab.study import SpecError, StudySpec, StudyStore, arm_axis, load_regularize_spec, run_regularize
 from srrlab.train import TrainConfig, resume, train
 
@@ -49,7 +51,7 @@ srr_images = 50
 # -- specs with grouped axes -------------------------------------------------------------------
 def test_grouped_axis_sets_several_settings_and_labels_the_row():
     spec = StudySpec.from_toml(SPEC)
-    assert spec.axes == ["arm", "seed"] and spec.grouped_axes == ["arm"]
+    assert spec.axes == ["arm"] and spec.replicates == 2 and spec.grouped_axes == ["arm"]
     assert len(spec.points()) == 4
     p = spec.points()[2]
     s = spec.settings(p)
@@ -131,42 +133,65 @@ def test_presets():
 
 # -- the summary: numbers and verdicts against hand computation ---------------------------------
 def _table(rows):
-    """A study-like table from (variant, arm, eta, seed, status, test_acc) tuples."""
+    """A study-like table from (variant, arm, eta, seed, status, test_acc[, test_ce]) tuples."""
     return pd.DataFrame([{"id": f"r{i}", "status": st, "error": None, "hp.variant": v, "hp.arm": a,
                           "hp.srr_reg": eta, "hp.seed": s, "hp.dataset": "digits", "gen.test_acc": acc,
-                          "gen.train_acc": 1.0} for i, (v, a, eta, s, st, acc) in enumerate(rows)])
+                          "gen.test_ce": ce[0] if ce else 1.0, "gen.train_acc": 1.0}
+                         for i, (v, a, eta, s, st, acc, *ce) in enumerate(rows)])
+
+
+def _t_interval(d):
+    d = np.asarray(d, float)
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    return d.mean() - half, d.mean() + half
 
 
 def test_summary_values_and_verdicts():
     ce = {"crate-t": [0.90, 0.91, 0.92], "crate-c": [0.80, 0.81, 0.82], "crate": [0.85, 0.86, 0.87]}
-    reg = {"crate-t": [0.95, 0.96, 0.97], "crate-c": [0.805, 0.80, 0.83], "crate": [0.80, 0.79, 0.81]}
+    reg = {"crate-t": [0.951, 0.96, 0.972], "crate-c": [0.805, 0.80, 0.83], "crate": [0.80, 0.79, 0.81]}
+    ce_loss = {"crate-t": ([0.30, 0.32, 0.31], [0.25, 0.28, 0.24]), "crate-c": ([0.5, 0.5, 0.5], [0.6, 0.4, 0.52]),
+               "crate": ([0.4, 0.41, 0.42], [0.45, 0.47, 0.46])}
     rows = []
     for v in ce:
-        rows += [(v, "CE", 0.0, s, "done", a) for s, a in enumerate(ce[v])]
-        rows += [(v, "SRR", 0.001, s, "done", a) for s, a in enumerate(reg[v])]
+        rows += [(v, "CE", 0.0, s, "done", a, ce_loss[v][0][s]) for s, a in enumerate(ce[v])]
+        rows += [(v, "SRR", 0.001, s, "done", a, ce_loss[v][1][s]) for s, a in enumerate(reg[v])]
     rows += [("crate-n", "CE", 0.0, 0, "done", 0.5), ("crate-n", "SRR", 0.001, 0, "done", 0.6),
              ("crate-n", "CE", 0.0, 1, "failed", None), ("crate-n", "SRR", 0.001, 1, "done", 0.7)]
-    s = regularization_summary(_table(rows), axes=["variant", "arm", "seed"], arm_axis="arm").set_index(["variant", "arm"])
+    table = _table(rows)
+    s = regularization_summary(table, axes=["variant", "arm"], arm_axis="arm").set_index(["variant", "arm"])
     r = s.loc[("crate-t", "SRR")]
-    assert r["test_acc_mean"] == pytest.approx(96.0) and r["test_acc_std"] == pytest.approx(1.0)
-    assert r["delta_mean"] == pytest.approx(5.0) and r["spread"] == pytest.approx(1.0)
-    assert r["wins"] == "3/3" and r["verdict"] == "helped" and r["baseline"] == "CE"
-    c = s.loc[("crate-c", "SRR")]  # Δ = (0.5 - 1 + 1) / 3 points, spread = std of [80.5, 80, 83]
-    assert c["delta_mean"] == pytest.approx(0.5 / 3) and c["spread"] == pytest.approx(np.std([80.5, 80, 83], ddof=1))
-    assert c["verdict"] == "within seed spread" and c["wins"] == "2/3"
-    assert s.loc[("crate", "SRR"), "verdict"] == "hurt" and s.loc[("crate", "SRR"), "delta_mean"] == pytest.approx(-6.0)
-    n = s.loc[("crate-n", "SRR")]  # the CE run of seed 1 failed: one paired seed, no spread
-    assert n["seeds"] == 2 and s.loc[("crate-n", "CE"), "failed"] == 1 and n["verdict"] == "one seed"
-    assert n["delta_mean"] == pytest.approx(10.0)
+    d = np.array([5.1, 5.0, 5.2])  # points, seed by seed
+    assert r["test_acc_mean"] == pytest.approx(96.1) and r["delta_mean"] == pytest.approx(d.mean())
+    assert (r["delta_ci_low"], r["delta_ci_high"]) == pytest.approx(_t_interval(d))
+    assert r["p_value"] == pytest.approx(stats.ttest_rel([95.1, 96, 97.2], [90, 91, 92]).pvalue)
+    assert r["wins"] == "3/3" and r["verdict"] == "improves" and r["baseline"] == "CE" and r["pairs"] == 3
+    assert r["ce_delta_mean"] == pytest.approx(-0.16 / 3) and r["ce_verdict"] == "improves"  # a lower test CE
+    assert r["detectable"] == pytest.approx(detectable_effect(3, d.std(ddof=1)))
+    c = s.loc[("crate-c", "SRR")]  # Δ = (0.5, -1, 1) points: the interval holds 0
+    assert c["delta_mean"] == pytest.approx(0.5 / 3) and c["delta_sd"] == pytest.approx(np.std([0.5, -1, 1], ddof=1))
+    assert c["verdict"] == "no effect detected" and c["wins"] == "2/3"
+    assert s.loc[("crate", "SRR"), "verdict"] == "hurts" and s.loc[("crate", "SRR"), "delta_mean"] == pytest.approx(-6.0)
+    assert s.loc[("crate", "SRR"), "ce_verdict"] == "hurts"  # a higher test CE is worse
+    n = s.loc[("crate-n", "SRR")]  # the CE run of seed 1 failed: one paired seed, no interval
+    assert n["seeds"] == 2 and s.loc[("crate-n", "CE"), "failed"] == 1 and n["verdict"] == "too few seeds"
+    assert n["delta_mean"] == pytest.approx(10.0) and n["pairs"] == 1
     assert pd.isna(s.loc[("crate-t", "CE"), "verdict"]) and math.isnan(s.loc[("crate-t", "CE"), "delta_mean"])
-    sentences = verdict_sentences(s.reset_index())
-    assert len(sentences) == 4
-    assert sentences[0].startswith("CRATE-T on digits: SRR 96.00 ± 1.00% vs CE 91.00 ± 1.00% test accuracy over 3 seeds")
-    assert "helped, +5.00 points (better on 3/3 seeds)" in sentences[0]
-    assert "within the seed-to-seed spread" in sentences[1] and "hurt" in sentences[2]
-    assert "single seed" in sentences[3]
+    pooled = pooled_summary(table, axes=["variant", "arm"], arm_axis="arm")
+    (p,) = pooled.itertuples(index=False)
+    # crate-n has a pair for seed 0 only (its CE run of seed 1 failed, it has no seed 2): seeds 1 and 2 are left out
+    assert p.variants == 4 and p.seeds == 1 and p.seeds_left_out == 2 and p.verdict == "too few seeds"
+    three = pooled_summary(table[table["hp.variant"] != "crate-n"], axes=["variant", "arm"], arm_axis="arm").iloc[0]
+    per_seed = (np.array([5.1, 5.0, 5.2]) + np.array([0.5, -1, 1]) + np.array([-5, -7, -6])) / 3
+    assert three["seeds"] == 3 and three["delta_mean"] == pytest.approx(per_seed.mean())
+    assert (three["delta_ci_low"], three["delta_ci_high"]) == pytest.approx(_t_interval(per_seed))
+    sentences = verdict_sentences(s.reset_index(), pooled)
+    assert len(sentences) == 5
+    assert sentences[0].startswith("CRATE-T on digits: SRR 96.10 ± 1.05% vs CE 91.00 ± 1.00% over 3 paired seeds "
+                                   "(better on 3/3): test accuracy: improves by 5.10 [")
+    assert "test accuracy: no effect larger than" in sentences[1] and "test accuracy: hurts by 6.00" in sentences[2]
+    assert "too few seeds to say (n = 1)" in sentences[3] and sentences[4].startswith("All variants on digits, pooled")
     wide = paper_table(s.reset_index())
-    assert wide.loc["CRATE-T", ("digits", "SRR")] == "96.00 ± 1.00"
+    assert wide.loc["CRATE-T", ("digits", "SRR")] == "96.10 ± 1.05"
     assert wide.loc["CRATE-C", ("digits", "CE")] == "81.00 ± 1.00"
     assert list(wide.index) == ["CRATE-T", "CRATE-C", "CRATE", "CRATE-N"]
 
@@ -184,7 +209,8 @@ def test_experiment_end_to_end(experiment, digits):
     spec, out, report = experiment
     runs = report["runs"]
     assert list(runs["status"]) == ["done"] * 4 and set(runs["hp.arm"]) == {"CE", "CE+SRR (last)"}
-    for name in ("regularize.md", "regularize.png", "regularize-summary.csv", "regularize-runs.csv"):
+    for name in ("regularize.md", "regularize.png", "regularize-summary.csv", "regularize-pooled.csv",
+                 "regularize-runs.csv"):
         assert (out / name).stat().st_size > 0
     text = (out / "regularize.md").read_text()
     assert "| Model | digits: CE | digits: CE+SRR (last) |" in text and "CRATE-T on digits" in text

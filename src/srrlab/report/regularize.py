@@ -15,11 +15,14 @@ and seeds (:func:`srrlab.study.run_regularize`). Output:
 - :func:`regularization_tables`: the text of each CSV table the report writes (:data:`REPORT_TABLES`);
 - :func:`write_regularization_report`: all of it into ``regularize.md`` + CSVs + PNG.
 
-**Verdict.** With ``Δ_s`` the test-accuracy difference (regularised − CE) of the runs with the
-same seed (same initialisation and data order), ``Δ = mean_s Δ_s`` and the *seed spread*
-``σ = max(std_s acc_CE, std_s acc_SRR)`` (sample standard deviations), the regulariser
-``helped`` when ``Δ > σ``, ``hurt`` when ``Δ < −σ``, and is ``within seed spread`` otherwise;
-with a single seed there is no spread and no verdict (``one seed``).
+**Verdict** (:mod:`srrlab.report.paired`). With ``Δ_s`` the difference (regularised − CE) of the
+runs with the same seed (same initialisation and data order), for test accuracy (points) and test
+cross-entropy (nats): the mean ``Δ`` with its 95% t-interval, the paired t-test's p-value and the
+smallest effect the design detects with 80% power given the measured spread of ``Δ_s``. The
+verdict is *improves* / *hurts* when the interval lies on one side of 0 and *no effect detected*
+otherwise (then no effect larger than the interval's farther end is left open); with a single
+seed there is no verdict (*too few seeds*). :func:`pooled_summary` pools the variants: for each
+seed that every variant has, the mean of the variants' differences.
 """
 from __future__ import annotations
 
@@ -34,16 +37,20 @@ import pandas as pd
 from ..io import atomic_write
 from ..runs import MEASURABLE_STATUSES
 from .format import colour_palette, fence, md_escape, md_table, new_figure, save_png, short_error
+from .paired import EFFECT_VERDICTS, PairedEffect, effect_sentence, paired_effect, pooled_effect
 
-__all__ = ["arm_label", "regularization_summary", "paper_table", "plot_regularization", "verdict_sentences",
+__all__ = ["arm_label", "regularization_summary", "pooled_summary", "paper_table", "plot_regularization", "verdict_sentences",
            "regularization_tables", "write_regularization_report", "REPORT_TABLES", "VERDICTS", "DATASET_NAMES",
            "display_variant"]
 
 #: The CSV tables of the report: the summary (:func:`regularization_summary`) and the runs with the
 #: columns the report groups by.
-REPORT_TABLES = ("regularize-summary.csv", "regularize-runs.csv")
-#: Verdicts of a regularised arm against its CE baseline.
-VERDICTS = ("helped", "within seed spread", "hurt", "one seed", "no baseline")
+REPORT_TABLES = ("regularize-summary.csv", "regularize-pooled.csv", "regularize-runs.csv")
+#: Verdicts of a regularised arm against its CE baseline (:data:`srrlab.report.paired.EFFECT_VERDICTS`,
+#: and ``no baseline`` when no CE run shares a seed with it).
+VERDICTS = (*EFFECT_VERDICTS, "no baseline")
+#: The metrics compared seed by seed: (column prefix in the summary, runs column, unit, higher is better).
+_METRICS = (("", "acc", "points", True), ("ce_", "ce", "nats", False))
 #: How datasets are written in tables and figures.
 DATASET_NAMES = {"digits": "digits", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "synthetic": "synthetic"}
 #: Statuses whose test accuracy enters the table (a run that ran out of epochs still has one).
@@ -51,9 +58,13 @@ _USABLE = MEASURABLE_STATUSES
 #: Columns that define an arm (when the spec has no grouped ``arm`` axis) and never define a row.
 _ARM_SETTINGS = ("srr_reg", "srr_layers", "srr_l1")
 #: Columns of the summary other than the extra row axes.
+_EFFECT_COLUMNS = ("delta_mean", "delta_sd", "delta_ci_low", "delta_ci_high", "p_value", "detectable", "verdict")
 _SUMMARY_COLUMNS = ("dataset", "variant", "arm", "eta", "baseline", "seeds", "failed", "test_acc_mean", "test_acc_std",
-                    "test_acc_min", "test_acc_max", "train_acc_mean", "srr_mean", "delta_mean", "delta_std", "wins",
-                    "spread", "verdict")
+                    "test_acc_min", "test_acc_max", "test_ce_mean", "train_acc_mean", "srr_mean", "pairs", "wins",
+                    *_EFFECT_COLUMNS, *(f"ce_{c}" for c in _EFFECT_COLUMNS))
+#: Columns of the pooled table other than the extra row axes.
+_POOLED_COLUMNS = ("dataset", "arm", "baseline", "variants", "seeds", "seeds_left_out",
+                   *_EFFECT_COLUMNS, *(f"ce_{c}" for c in _EFFECT_COLUMNS))
 
 
 def display_variant(variant: str) -> str:
@@ -102,10 +113,52 @@ def _runs_frame(table: pd.DataFrame, axes: Sequence[str], arm_axis: str | None) 
     t["eta"] = pd.to_numeric(t.get("hp.srr_reg", 0.0), errors="coerce").fillna(0.0)
     t["acc"] = pd.to_numeric(t["gen.test_acc"], errors="coerce") * 100.0
     t["train"] = pd.to_numeric(t.get("gen.train_acc", np.nan), errors="coerce") * 100.0
+    t["ce"] = pd.to_numeric(t.get("gen.test_ce", np.nan), errors="coerce")
     t["ok"] = t["status"].isin(_USABLE) & t["acc"].notna()
     for a in _row_axes(t, axes, arm_axis):
         t[a] = t[f"hp.{a}"]
     return t
+
+
+def _effect_row(effect: PairedEffect, prefix: str, higher_is_better: bool) -> dict[str, Any]:
+    e = effect
+    return {f"{prefix}delta_mean": e.mean, f"{prefix}delta_sd": e.sd, f"{prefix}delta_ci_low": e.ci_low,
+            f"{prefix}delta_ci_high": e.ci_high, f"{prefix}p_value": e.p_value, f"{prefix}detectable": e.detectable,
+            f"{prefix}verdict": e.verdict(higher_is_better)}
+
+
+def _no_effect_row(verdict: str | None) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for prefix, *_ in _METRICS:
+        row.update({f"{prefix}{c}": np.nan for c in _EFFECT_COLUMNS})
+        row[f"{prefix}verdict"] = verdict
+    return row
+
+
+def _effect_from_row(row: pd.Series | dict, prefix: str = "") -> PairedEffect:
+    """The :class:`PairedEffect` a summary row (or pooled row) holds under ``prefix``."""
+    n = row.get("pairs", row.get("seeds"))
+    return PairedEffect(int(n) if pd.notna(n) else 0, row[f"{prefix}delta_mean"], row[f"{prefix}delta_sd"],
+                        row[f"{prefix}delta_ci_low"], row[f"{prefix}delta_ci_high"], row[f"{prefix}p_value"],
+                        row[f"{prefix}detectable"])
+
+
+def _baselines(t: pd.DataFrame, keys: list[str]) -> dict[tuple, str | None]:
+    """The CE arm (the first arm with η = 0) of each row group."""
+    out = {}
+    for key, group in t.groupby(keys, sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        arms = list(dict.fromkeys(group.loc[group["eta"] == 0, "arm"]))
+        out[key] = arms[0] if arms else None
+    return out
+
+
+def _paired_differences(group: pd.DataFrame, arm: str, baseline: str, column: str) -> pd.Series:
+    """``column`` of ``arm`` minus the baseline's, seed by seed, over the seeds both finished."""
+    ok = group[group["ok"]]
+    reg = ok[ok["arm"] == arm].set_index("seed")[column]
+    base = ok[ok["arm"] == baseline].set_index("seed")[column]
+    return (reg - base).dropna()
 
 
 def regularization_summary(table: pd.DataFrame, *, axes: Sequence[str] = (), arm_axis: str | None = None
@@ -116,49 +169,78 @@ def regularization_summary(table: pd.DataFrame, *, axes: Sequence[str] = (), arm
     names the arms, if any (else arms are labelled by :func:`arm_label` from ``hp.srr_reg``,
     ``hp.srr_layers``, ``hp.srr_l1``). Accuracies are percentages. Columns: ``dataset, variant,
     <other axes>, arm, eta, baseline, seeds, failed, test_acc_mean, test_acc_std, test_acc_min,
-    test_acc_max, train_acc_mean, [srr_mean,] delta_mean, delta_std, wins, spread, verdict``
-    (the last six empty for CE arms). Rows keep the grid's order of variants and arms.
+    test_acc_max, test_ce_mean, train_acc_mean, [srr_mean,] pairs, wins``, then for test accuracy
+    the seed-paired effect against the baseline (``delta_mean, delta_sd, delta_ci_low,
+    delta_ci_high, p_value, detectable, verdict``; :mod:`srrlab.report.paired`) and the same for
+    test cross-entropy prefixed ``ce_`` (empty for CE arms). Rows keep the grid's order of
+    variants and arms.
     """
     t = _runs_frame(table, axes, arm_axis)
     has_srr = "measure.srr" in t.columns
     extra = _row_axes(table, axes, arm_axis)
     keys = ["dataset", "variant", *extra]
+    baselines = _baselines(t, keys)
     rows: list[dict[str, Any]] = []
     for key, group in t.groupby(keys, sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
-        base_arms = list(dict.fromkeys(group.loc[group["eta"] == 0, "arm"]))
-        baseline = base_arms[0] if base_arms else None
-        base = group[(group["arm"] == baseline) & group["ok"]].set_index("seed")["acc"] if baseline else None
+        baseline = baselines[key]
         for arm, g in group.groupby("arm", sort=False):
             ok = g[g["ok"]]
             acc = ok["acc"]
             row: dict[str, Any] = dict(zip(keys, key))
             row.update(arm=arm, eta=float(g["eta"].iloc[0]), baseline=None, seeds=int(len(ok)),
                        failed=int(len(g) - len(ok)), test_acc_mean=acc.mean(), test_acc_std=acc.std(ddof=1),
-                       test_acc_min=acc.min(), test_acc_max=acc.max(), train_acc_mean=ok["train"].mean())
+                       test_acc_min=acc.min(), test_acc_max=acc.max(), test_ce_mean=ok["ce"].mean(),
+                       train_acc_mean=ok["train"].mean())
             if has_srr:
                 row["srr_mean"] = pd.to_numeric(ok["measure.srr"], errors="coerce").mean()
-            row.update(delta_mean=np.nan, delta_std=np.nan, wins=None, spread=np.nan, verdict=None)
+            row.update(pairs=np.nan, wins=None, **_no_effect_row(None))
             if row["eta"] > 0:
                 row["baseline"] = baseline
-                if base is None or base.empty:
-                    row["verdict"] = "no baseline"
+                delta = (_paired_differences(group, arm, baseline, "acc") if baseline is not None
+                         else pd.Series(dtype=float))
+                if delta.empty:
+                    row.update(_no_effect_row("no baseline"))
                 else:
-                    paired = ok.set_index("seed")["acc"].to_frame("reg").join(base.rename("ce"), how="inner")
-                    delta = paired["reg"] - paired["ce"]
-                    spread = max(acc.std(ddof=1), base.std(ddof=1)) if len(acc) > 1 and len(base) > 1 else np.nan
-                    row.update(delta_mean=delta.mean(), delta_std=delta.std(ddof=1), spread=spread,
-                               wins=f"{int((delta > 0).sum())}/{len(delta)}")
-                    if len(delta) < 2 or not np.isfinite(spread):
-                        row["verdict"] = "one seed" if len(delta) else "no baseline"
-                    elif row["delta_mean"] > spread:
-                        row["verdict"] = "helped"
-                    elif row["delta_mean"] < -spread:
-                        row["verdict"] = "hurt"
-                    else:
-                        row["verdict"] = "within seed spread"
+                    row.update(pairs=int(len(delta)), wins=f"{int((delta > 0).sum())}/{len(delta)}")
+                    for prefix, column, _unit, higher in _METRICS:
+                        d = delta if column == "acc" else _paired_differences(group, arm, baseline, column)
+                        row.update(_effect_row(paired_effect(d.to_numpy()), prefix, higher))
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def pooled_summary(table: pd.DataFrame, *, axes: Sequence[str] = (), arm_axis: str | None = None) -> pd.DataFrame:
+    """The regulariser's effect pooled over the model variants: one row per (dataset, other axes,
+    regularised arm) of two or more variants, with ``variants``, ``seeds`` (those every variant finished in both arms),
+    ``seeds_left_out`` and the effect columns of :func:`regularization_summary`
+    (:func:`srrlab.report.paired.pooled_effect`: per seed, the mean of the variants' differences)."""
+    t = _runs_frame(table, axes, arm_axis)
+    extra = _row_axes(table, axes, arm_axis)
+    baselines = _baselines(t, ["dataset", "variant", *extra])
+    rows: list[dict[str, Any]] = []
+    for key, group in t.groupby(["dataset", *extra], sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        for arm, g in group[group["eta"] > 0].groupby("arm", sort=False):
+            variants = list(dict.fromkeys(g["variant"]))
+            if len(variants) < 2:  # one variant: its own row is the whole story
+                continue
+            per = {v: baselines.get((key[0], v, *key[1:])) for v in variants}
+            base = next((b for b in per.values() if b is not None), None)
+            row: dict[str, Any] = dict(zip(["dataset", *extra], key))
+            row.update(arm=arm, baseline=base, variants=len(variants))
+            if any(b is None for b in per.values()):
+                row.update(seeds=0, seeds_left_out=np.nan, **_no_effect_row("no baseline"))
+                rows.append(row)
+                continue
+            for prefix, column, _unit, higher in _METRICS:
+                wide = pd.DataFrame({v: _paired_differences(group[group["variant"] == v], arm, per[v], column)
+                                     for v in variants})
+                effect, left_out = pooled_effect(wide)
+                row.update(seeds=effect.n, seeds_left_out=left_out, **_effect_row(effect, prefix, higher))
+            rows.append(row)
+    columns = ["dataset", *extra, *_POOLED_COLUMNS[1:]]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _cell(mean: float, std: float) -> str:
@@ -204,8 +286,15 @@ def _markdown_paper_table(summary: pd.DataFrame) -> str:
     return md_table(header, rows, ["---"] * (1 + len(extra)) + ["---:"] * (len(header) - 1 - len(extra)))
 
 
-def verdict_sentences(summary: pd.DataFrame) -> list[str]:
-    """One sentence per (dataset, variant, other axes) and regularised arm."""
+def _effect_words(row: pd.Series | dict) -> str:
+    """``test accuracy: improves by … points; test cross-entropy: no effect larger than … nats``."""
+    acc = effect_sentence(_effect_from_row(row), "points")
+    ce = effect_sentence(_effect_from_row(row, "ce_"), "nats", digits=3, higher_is_better=False)
+    return f"test accuracy: {acc}; test cross-entropy: {ce}"
+
+
+def verdict_sentences(summary: pd.DataFrame, pooled: pd.DataFrame | None = None) -> list[str]:
+    """One sentence per (dataset, variant, other axes) and regularised arm, then one per pooled row."""
     extra = [c for c in summary.columns if c not in _SUMMARY_COLUMNS]
     out = []
     reg = summary[summary["eta"] > 0]
@@ -223,22 +312,23 @@ def verdict_sentences(summary: pd.DataFrame) -> list[str]:
                        "there is no finished CE run with the same seed to compare with.")
             continue
         b = base.iloc[0]
-        lead = (f"{where}: {r['arm']} {_cell(r['test_acc_mean'], r['test_acc_std'])}% vs "
-                f"{r['baseline']} {_cell(b['test_acc_mean'], b['test_acc_std'])}% test accuracy "
-                f"over {r['seeds']} seed{'s' if r['seeds'] != 1 else ''}")
-        d = r["delta_mean"]
-        if r["verdict"] == "one seed":
-            out.append(f"{lead}: {d:+.2f} points, from a single seed, so the seed-to-seed spread is unknown "
-                       "and no conclusion is drawn.")
-        elif r["verdict"] == "helped":
-            out.append(f"{lead}: the regulariser helped, {d:+.2f} points (better on {r['wins']} seeds), more than "
-                       f"the seed-to-seed spread of {r['spread']:.2f}.")
-        elif r["verdict"] == "hurt":
-            out.append(f"{lead}: the regulariser hurt, {d:+.2f} points (better on {r['wins']} seeds), more than "
-                       f"the seed-to-seed spread of {r['spread']:.2f}.")
-        else:
-            out.append(f"{lead}: {d:+.2f} points (better on {r['wins']} seeds), within the seed-to-seed spread of "
-                       f"{r['spread']:.2f}, so no effect beyond seed noise.")
+        pairs = int(r["pairs"])
+        out.append(f"{where}: {r['arm']} {_cell(r['test_acc_mean'], r['test_acc_std'])}% vs "
+                   f"{r['baseline']} {_cell(b['test_acc_mean'], b['test_acc_std'])}% over {pairs} paired "
+                   f"seed{'s' if pairs != 1 else ''} (better on {r['wins']}): {_effect_words(r)}.")
+    if pooled is not None:
+        for _, r in pooled.iterrows():
+            where = "All variants" + (f" on {_dataset_name(r['dataset'])}" if r["dataset"] else "")
+            if extra:
+                where += " (" + ", ".join(f"{c}={r[c]}" for c in extra if c in r) + ")"
+            if r["verdict"] == "no baseline":
+                out.append(f"{where}, pooled: {r['arm']} cannot be pooled, some variant has no CE arm.")
+                continue
+            if not r["seeds"]:
+                out.append(f"{where}, pooled: {r['arm']} has no seed that every variant finished in both arms.")
+                continue
+            out.append(f"{where}, pooled ({int(r['variants'])} variants, {int(r['seeds'])} seeds): {r['arm']} vs "
+                       f"{r['baseline']}: {_effect_words(r)}.")
     return out
 
 
@@ -289,34 +379,37 @@ def plot_regularization(summary: pd.DataFrame, runs: pd.DataFrame, path: str | o
     return save_png(fig, path)
 
 
-def _table_texts(summary: pd.DataFrame, runs: pd.DataFrame) -> dict[str, str]:
+def _table_texts(summary: pd.DataFrame, pooled: pd.DataFrame, runs: pd.DataFrame) -> dict[str, str]:
     """The text of each of :data:`REPORT_TABLES` (``DataFrame.to_csv(index=False)``)."""
-    return dict(zip(REPORT_TABLES, (summary.to_csv(index=False), runs.to_csv(index=False))))
+    return dict(zip(REPORT_TABLES, (summary.to_csv(index=False), pooled.to_csv(index=False), runs.to_csv(index=False))))
 
 
 def regularization_tables(table: pd.DataFrame, *, axes: Sequence[str] = (), arm_axis: str | None = None
                           ) -> dict[str, str]:
     """``{file name: text}`` of each CSV table :func:`write_regularization_report` writes for ``table``
     (same arguments), byte for byte: what a committed table must equal."""
-    return _table_texts(regularization_summary(table, axes=axes, arm_axis=arm_axis), _runs_frame(table, axes, arm_axis))
+    return _table_texts(regularization_summary(table, axes=axes, arm_axis=arm_axis),
+                        pooled_summary(table, axes=axes, arm_axis=arm_axis), _runs_frame(table, axes, arm_axis))
 
 
 def write_regularization_report(table: pd.DataFrame, out_dir: str | os.PathLike, *, axes: Sequence[str] = (),
                                 arm_axis: str | None = None, title: str = "srrlab: SRR regularisation",
                                 spec_text: str | None = None) -> dict[str, Any]:
     """Write ``regularize.md``, ``regularize-summary.csv``, ``regularize-runs.csv`` and
-    ``regularize.png`` into ``out_dir``; returns ``{"path", "summary", "sentences", "table"}``."""
+    ``regularize-pooled.csv`` and ``regularize.png`` into ``out_dir``; returns ``{"path", "summary",
+    "pooled", "sentences", "table"}``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = regularization_summary(table, axes=axes, arm_axis=arm_axis)
+    pooled = pooled_summary(table, axes=axes, arm_axis=arm_axis)
     runs = _runs_frame(table, axes, arm_axis)
     usable = runs[runs["ok"]]
-    for name, text in _table_texts(summary, runs).items():
+    for name, text in _table_texts(summary, pooled, runs).items():
         atomic_write(out / name, lambda tmp, text=text: Path(tmp).write_bytes(text.encode("utf-8")))
     figure = None
     if not summary.empty and summary["seeds"].sum() > 0:
         figure = plot_regularization(summary[summary["seeds"] > 0], usable, out / "regularize.png")
-    sentences = verdict_sentences(summary) if not summary.empty else []
+    sentences = verdict_sentences(summary, pooled) if not summary.empty else []
     counts = runs["status"].value_counts().to_dict()
     lines = [f"# {md_escape(title)}", "",
              f"{len(runs)} runs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ".", "",
@@ -326,15 +419,23 @@ def write_regularization_report(table: pd.DataFrame, out_dir: str | os.PathLike,
     if figure is not None:
         lines += ["![test accuracy per variant and arm](regularize.png)", ""]
     lines += ["## Did the regulariser help?", "",
-              "Per variant: the seed-paired difference Δ (regularised − CE, same seed = same initialisation and "
-              "data order) against the seed-to-seed spread σ (the larger of the two arms' standard deviations): "
-              "*helped* when Δ > σ, *hurt* when Δ < −σ, otherwise within the spread.", ""]
+              "Per variant, then pooled over the variants: the seed-paired difference Δ (regularised − CE; the "
+              "same seed is the same initialisation and data order) with its 95% t-interval and paired t-test, "
+              "for test accuracy (points) and test cross-entropy (nats). *Improves* / *hurts* when the interval "
+              "excludes 0; otherwise the interval's farther end is the largest effect left open, and the design's "
+              "80%-power detectable effect (from the measured spread of Δ) says how small an effect it could have "
+              "found. Pooled: for each seed every variant finished, the mean of the variants' differences.", ""]
     lines += [f"- {md_escape(x)}" for x in sentences] or ["(no regularised arm has finished runs)"]
     lines += [""]
     shown = summary.copy()
     num = shown.select_dtypes("number").columns
     shown[num] = shown[num].round(3)
     lines += ["## Summary table", "", "`regularize-summary.csv`:", "", fence(shown.to_string(index=False)), ""]
+    if not pooled.empty:
+        shown = pooled.copy()
+        num = shown.select_dtypes("number").columns
+        shown[num] = shown[num].round(3)
+        lines += ["`regularize-pooled.csv`:", "", fence(shown.to_string(index=False)), ""]
     bad = runs[~runs["ok"]]
     if not bad.empty:
         lines += ["## Runs without a test accuracy", ""]
@@ -345,5 +446,5 @@ def write_regularization_report(table: pd.DataFrame, out_dir: str | os.PathLike,
     if spec_text:
         lines += ["## Spec", "", fence(spec_text), ""]
     path = atomic_write(out / "regularize.md", lambda tmp: Path(tmp).write_text("\n".join(lines), encoding="utf-8"))
-    return {"path": Path(path), "summary": summary, "sentences": sentences, "table": paper_table(summary)
+    return {"path": Path(path), "summary": summary, "pooled": pooled, "sentences": sentences, "table": paper_table(summary)
             if not summary.empty else pd.DataFrame()}

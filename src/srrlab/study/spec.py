@@ -28,7 +28,7 @@ from ..options import EXECUTION_SETTINGS, check_keys, is_none
 from ..runs import measure_key, parse_measure_key
 from ..train import TrainConfig
 
-__all__ = ["StudySpec", "SpecError", "PRESETS", "load_spec", "point_id", "group_label", "preset_names"]
+__all__ = ["StudySpec", "SpecError", "PRESETS", "REPLICATION_AXES", "load_spec", "point_id", "group_label", "preset_names"]
 
 #: Study presets shipped in the package (``srrlab/study/presets/<name>.toml``).
 PRESETS = preset_names("study")
@@ -45,6 +45,10 @@ _TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} - {
 _MODEL_KEYS = {f.name for f in dataclasses.fields(CRATEConfig)} - {"variant"}
 _SPECIAL = {"model", "variant", "size", "dataset"}
 SETTING_KEYS = _TRAIN_KEYS | _MODEL_KEYS | _SPECIAL
+#: Grid axes that replicate a design rather than vary it: their values add models (another
+#: initialisation and data order) but they are not hyperparameter axes of the analysis, so they
+#: are neither axes of ψ nor levels of the within-level check (docs/study.md, "Seeds").
+REPLICATION_AXES = ("seed",)
 #: Optional settings that the string "none" unsets (TOML has no null).
 _NULLABLE = {"target_ce", "srr_eps", "srr_images", "eps", "temperature"}
 
@@ -194,8 +198,17 @@ class StudySpec:
     # -- the grid -----------------------------------------------------------------------
     @property
     def axes(self) -> list[str]:
-        """Grid axes that take at least two values (the axes of the correlation analysis, strata included)."""
-        return [a for a, v in self.grid.items() if len(v) >= 2]
+        """Grid axes that take at least two values, replication axes (:data:`REPLICATION_AXES`: the
+        seed) excepted: the axes of the correlation analysis, strata included."""
+        return [a for a, v in self.grid.items() if len(v) >= 2 and a not in REPLICATION_AXES]
+
+    @property
+    def replicates(self) -> int:
+        """How many models each design point has: the product of the replication axes' sizes (1 without)."""
+        n = 1
+        for a in REPLICATION_AXES:
+            n *= len(self.grid.get(a, [None]))
+        return n
 
     @property
     def grouped_axes(self) -> list[str]:
