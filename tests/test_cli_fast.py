@@ -68,8 +68,8 @@ def test_every_help_and_argparse_error_is_served_without_heavy_imports():
     assert calls["--version"] == (0, f"srrlab {srrlab.__version__}\n", "")
     # the lists the parser shows, from srrlab.names
     assert "{" + ",".join(names.VARIANT_NAMES) + "}" in text["models --help"]
-    assert "a preset (demo, demo-fmnist, paper, replicate) or a TOML file" in text["study run --help"]
-    assert "a preset (demo, fmnist, paper) or a TOML file" in text["regularize run --help"]
+    assert "a preset (demo, demo-fmnist, demo-seeds, paper, replicate, replicate-seeds) or a TOML file" in text["study run --help"]
+    assert "a preset (demo, fmnist, fmnist-seeds, paper, seeds) or a TOML file" in text["regularize run --help"]
     assert "--dataset {" + ",".join(names.DATASETS) + "}" in text["train --help"]
     assert "peak learning rate (default 0.001)" in text["train --help"]
     for key in ("", "fly", "train --bogus", "train --lr fast", "models --size huge", "study run",
@@ -122,5 +122,5 @@ def test_the_light_lists_are_the_ones_the_library_uses():
     assert rate.SPARSITY_FORMS is names.SPARSITY_FORMS and rate.core.RATE_CONVENTIONS is names.RATE_CONVENTIONS
     assert protocol.SRR_SETTINGS is SRR_SETTINGS and spec.preset_names is names.preset_names
     assert (protocol.DEFAULT_PROTOCOL.sparsity, protocol.DEFAULT_PROTOCOL.rate) == ("count", "gamma1")
-    assert spec.PRESETS == ("demo", "demo-fmnist", "paper", "replicate")
-    assert names.preset_names("regularize") == ("demo", "fmnist", "paper")
+    assert spec.PRESETS == ("demo", "demo-fmnist", "demo-seeds", "paper", "replicate", "replicate-seeds")
+    assert names.preset_names("regularize") == ("demo", "fmnist", "fmnist-seeds", "paper", "seeds")

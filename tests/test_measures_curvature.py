@@ -344,3 +344,29 @@ def test_crate_hvp_on_cuda_matches_cpu(digits):
     cpu = cv.hvp_fn(model, x, y)(v)
     gpu = cv.hvp_fn(copy.deepcopy(model).cuda(), x.cuda(), y.cuda())(v.cuda())
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_products_equal_forward_over_reverse_on_crate(digits, dtype):
+    """The reverse-over-reverse products (retained gradient graph, CRATE's CPU attention kernel under a
+    double backward) against forward-over-reverse written here: torch.func.jvp of torch.func.grad, which
+    runs the attention's plain path."""
+    torch.manual_seed(1)
+    model = srrlab.create_model("crate-digits", depth=2, dim=16, heads=2).eval().to(dtype)
+    x, y = digits.train.images[:24].to(dtype), digits.train.labels[:24]
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    sizes = [p.numel() for p in params.values()]
+
+    def loss(p):
+        return F.cross_entropy(torch.func.functional_call(model, p, (x,)), y)
+
+    hvp = cv.hvp_fn(model, x, y, batch_size=10)  # three chunks, each with its own graph
+    g = torch.Generator().manual_seed(2)
+    for _ in range(3):  # the retained graphs serve every product
+        v = torch.randn(hvp.dim, generator=g, dtype=dtype)
+        tangent = {n: c.view(p.shape) for (n, p), c in zip(params.items(), v.split(sizes))}
+        ref = torch.func.jvp(torch.func.grad(loss), (params,), (tangent,))[1]
+        ref = torch.cat([ref[n].reshape(-1) for n in params])
+        tol = 1e-10 if dtype == F64 else 2e-4
+        torch.testing.assert_close(hvp(v), ref, rtol=tol, atol=tol * ref.abs().max().item())

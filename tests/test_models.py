@@ -433,6 +433,19 @@ def test_tied_attention_function_values_and_gradients(shape, scale):
     assert not wt.is_contiguous()
     (_TiedAttention.apply(wt, scale) * up).sum().backward()
     _close(wt.grad, ours)
+    # twice differentiable (Hessian-vector products run a double backward through it), also on a
+    # strided input: the second derivatives are those of the plain softmax-and-products formula
+    assert torch.autograd.gradgradcheck(lambda t: _TiedAttention.apply(t, scale), (w,))
+    assert torch.autograd.gradgradcheck(lambda t: _TiedAttention.apply(t.transpose(1, 2), scale),
+                                        (w.detach().transpose(1, 2).contiguous().requires_grad_(True),))
+
+    def plain(t):
+        return torch.matmul(torch.softmax(torch.matmul(t, t.mT) * scale, dim=-1), t)
+
+    small = w.detach()[:1, :1]
+    h_ours = torch.autograd.functional.hessian(lambda t: (_TiedAttention.apply(t, scale) ** 3).sum(), small)
+    h_plain = torch.autograd.functional.hessian(lambda t: (plain(t) ** 3).sum(), small)
+    _close(h_ours, h_plain)
 
 
 @pytest.mark.parametrize("variant", ["crate", "crate-t"])

@@ -103,14 +103,14 @@ def test_a_spec_without_both_arms_is_refused():
 def test_presets():
     from srrlab.study.spec import preset_names
 
-    assert preset_names("study") == ("demo", "demo-fmnist", "paper", "replicate")
-    assert preset_names("regularize") == ("demo", "fmnist", "paper")
+    assert preset_names("study") == ("demo", "demo-fmnist", "demo-seeds", "paper", "replicate", "replicate-seeds")
+    assert preset_names("regularize") == ("demo", "fmnist", "fmnist-seeds", "paper", "seeds")
     fmnist = load_regularize_spec("fmnist")
     assert fmnist.datasets == ["fashion-mnist"] and len(fmnist.points()) == 36
     assert fmnist.data_options == {"subset": "embedded", "train_per_class": 150}
     cfg = fmnist.train_config(fmnist.points()[0])
     assert cfg.model == "crate-c-fmnist" and cfg.epochs == 10 and cfg.target_ce is None
-    with pytest.raises(SpecError, match=r"neither a preset \(demo, fmnist, paper\)"):
+    with pytest.raises(SpecError, match=r"neither a preset \(demo, fmnist, fmnist-seeds, paper, seeds\)"):
         load_regularize_spec("nope")
     demo = load_regularize_spec("demo")
     assert demo.datasets == ["digits"] and len(demo.points()) == 36

@@ -15,7 +15,7 @@ def cmd_study_run(args: argparse.Namespace) -> int:
     if args.print_job_script:
         return _print_job_script(args)
     t0 = time.perf_counter()
-    table = run_study(args.spec, args.dir, execution=_execution(args), extend=args.extend,
+    table = run_study(args.spec, args.dir, execution=_execution(args), extend=args.extend, reuse=args.reuse,
                       progress=False if args.quiet else None, group=args.group)
     counts = table["status"].value_counts().to_dict()
     print(f"study {args.dir}: {len(table)} grid points; " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
@@ -125,7 +125,7 @@ def cmd_regularize_run(args: argparse.Namespace) -> int:
     if args.print_job_script:
         return _print_job_script(args)
     t0 = time.perf_counter()
-    report = run_regularize(args.spec, args.dir, execution=_execution(args), extend=args.extend,
+    report = run_regularize(args.spec, args.dir, execution=_execution(args), extend=args.extend, reuse=args.reuse,
                             progress=False if args.quiet else None, group=args.group)
     counts = report["runs"]["status"].value_counts().to_dict()
     print(f"experiment {args.dir}: {len(report['runs'])} runs; "
@@ -158,6 +158,10 @@ def _run_options(q: argparse.ArgumentParser, what: str, kind: str) -> None:
     q.add_argument("spec", metavar="SPEC", help=f"a preset ({', '.join(preset_names(kind))}) or a TOML file")
     q.add_argument("--dir", required=True, help=f"{what} folder (database, run folders, report)")
     q.add_argument("--extend", action="store_true", help=f"accept a spec that adds grid values to the {what} in --dir")
+    q.add_argument("--reuse", action="append", default=[], metavar="OTHER",
+                   help="the folder of another study whose finished runs with the same training and measure "
+                        "settings fill this one's points instead of being trained again, e.g. the demo's runs "
+                        "as seed 0 of demo-seeds (repeatable; docs/study.md, \"Seeds\")")
     _execution_options(q)
     group_options(q)
 

@@ -32,26 +32,28 @@ parameters are constants). Both measures only touch ``H`` through Hessian-vector
   ``|λ_2/λ_1|`` per step, so a nearly degenerate top pair converges slowly (the Rayleigh quotient
   still lies between them).
 
-Hessian-vector products are forward-over-reverse, ``Hv = ∂/∂t ∇L(w + t v)|_{t=0}``:
-``torch.func.jvp(torch.func.grad(L), (w,), (v,))`` with ``L`` evaluated through
-``torch.func.functional_call`` (tied weights stay tied), in the model's dtype. When ``n`` exceeds
-``batch_size`` the images are split into chunks ``B_c`` and ``Hv = Σ_c (|B_c|/n) H_c v`` (``L`` is a
-mean). A matrix of ``k`` vectors is multiplied as one ``vmap`` over its rows (used for batches of
-Hutchinson probes, ``hessian_trace(probe_batch=k)``; the measures multiply one vector at a time,
-bounding memory by one product). CRATE's tied attention composes with ``grad`` and ``jvp`` because
-under any ``torch.func`` transform it takes its plain softmax-and-products path
-(:func:`srrlab.models.kernels.tied_attention`; its CPU fast path is a once-differentiable
-``autograd.Function``); tests compare the products with the full Hessian of small models and with
-finite differences of the reverse-mode gradient on CRATE.
+Hessian-vector products are reverse-over-reverse, ``Hv = ∇_w ⟨∇L(w), v⟩``: the gradient ``∇L`` is
+computed once, with its graph (``torch.autograd.grad(..., create_graph=True)``, ``L`` evaluated
+through ``torch.func.functional_call`` so that tied weights stay tied), and every product is the
+gradient of ``⟨∇L, v⟩`` through that retained graph, in the model's dtype. Against
+forward-over-reverse (``torch.func.jvp`` of ``torch.func.grad``, which redoes the forward and the
+first backward for every product) this is about 2.5× faster per product on the fmnist model here
+(docs/performance.md), for the memory of one retained double-backward graph per chunk of images.
+When ``n`` exceeds ``batch_size`` the images are split into chunks ``B_c``, each with its own
+graph, and ``Hv = Σ_c (|B_c|/n) H_c v`` (``L`` is a mean). A matrix of ``k`` vectors is multiplied
+row by row. CRATE's tied attention is exact under a double backward: its CPU kernel's backward
+recomputes the attention from ``w`` with differentiable ops when a graph is being built
+(:class:`srrlab.models.kernels._TiedAttention`); tests compare the products with the full Hessian
+of small models, with finite differences of the reverse-mode gradient on CRATE, and with
+forward-over-reverse products.
 
 The model is never modified: its parameters are read (detached), never written, and nothing is
-cached but the product function itself (``ctx.cache[("curvature", "hvp")]``), shared by the two
-measures.
+cached but the product function itself with its gradient graphs (``ctx.cache[("curvature", "hvp")]``),
+shared by the two measures.
 """
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 
 import torch
@@ -129,6 +131,8 @@ class HessianVectorProduct:
         if images.is_floating_point():
             images = images.to(self.dtype)
         self.images, self.labels = images, labels.to(self.device)
+        self.leaves: dict[str, torch.Tensor] = {}
+        self._chunks: list[tuple[float, list[torch.Tensor]]] | None = None
 
     @property
     def num_images(self) -> int:
@@ -138,55 +142,56 @@ class HessianVectorProduct:
         return {name: chunk.reshape(shape)
                 for name, chunk, shape in zip(self.names, v.split(self.sizes), self.shapes)}
 
-    def _chunk_loss(self, x: torch.Tensor, y: torch.Tensor) -> Callable[[dict], torch.Tensor]:
-        model, fixed = self.model, self.fixed
+    def _graphs(self) -> list[tuple[float, list[torch.Tensor]]]:
+        """Per chunk of at most :attr:`batch_size` images: its weight ``|B_c|/n`` and the gradient of
+        its mean cross-entropy with respect to :attr:`leaves`, with the graph kept (built on the
+        first product)."""
+        if self._chunks is None:
+            self.leaves = {name: p.clone().requires_grad_(True) for name, p in self.params.items()}
+            order = [self.leaves[name] for name in self.names]
+            n, bs = self.num_images, self.batch_size
+            chunks = []
+            with torch.enable_grad():
+                for start in range(0, n, bs):
+                    x, y = self.images[start:start + bs], self.labels[start:start + bs]
+                    logits = torch.func.functional_call(self.model, (self.leaves, self.fixed), (x,))
+                    grads = torch.autograd.grad(F.cross_entropy(logits, y), order, create_graph=True,
+                                                allow_unused=True, materialize_grads=True)
+                    chunks.append((len(x) / n, list(grads)))
+            self._chunks = chunks
+        return self._chunks
 
-        def loss(params: dict[str, torch.Tensor]) -> torch.Tensor:
-            return F.cross_entropy(torch.func.functional_call(model, (params, fixed), (x,)), y)
-
-        return loss
-
-    def _chunk_product(self, x: torch.Tensor, y: torch.Tensor,
-                       tangent: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        with warnings.catch_warnings():
-            # torch's first forward-mode product scripts its jvp decompositions with the deprecated
-            # torch.jit.script (torch/_decomp/decompositions_for_jvp.py): its warning, not ours.
-            warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
-                                    category=DeprecationWarning)
-            return torch.func.jvp(torch.func.grad(self._chunk_loss(x, y)), (self.params,), (tangent,))[1]
+    def _product(self, v: torch.Tensor) -> torch.Tensor:
+        """``H v`` for one flat vector."""
+        chunks = self._graphs()
+        order = [self.leaves[name] for name in self.names]
+        out = torch.zeros_like(v)
+        for weight, grads in chunks:
+            with torch.enable_grad():
+                dot = sum(torch.vdot(g.reshape(-1), t) for g, t in zip(grads, v.split(self.sizes)) if g.requires_grad)
+                if not isinstance(dot, torch.Tensor):  # the gradient is constant: H = 0
+                    continue
+                hv = torch.autograd.grad(dot, order, retain_graph=True, allow_unused=True, materialize_grads=True)
+            out.add_(torch.cat([h.reshape(-1) for h in hv]), alpha=weight)
+        return out
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         """``H v`` for a flat vector ``v`` of length :attr:`dim` (returned flat, in :attr:`dtype`), or
-        ``V Hᵀ = V H`` for a matrix ``V`` of ``k`` such vectors as rows (``(k, dim)``; all ``k``
-        products as one ``torch.func.vmap``, memory growing with ``k``)."""
+        ``V Hᵀ = V H`` for a matrix ``V`` of ``k`` such vectors as rows (``(k, dim)``, row by row)."""
         if not isinstance(v, torch.Tensor) or v.dim() not in (1, 2) or v.shape[-1] != self.dim or v.numel() == 0:
             shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
             raise ValueError(f"v must be a flat tensor of length {self.dim} (the trainable parameters) or a "
                              f"(k, {self.dim}) matrix of such rows, got {shape}")
         v = v.to(device=self.device, dtype=self.dtype)
-        many = v.dim() == 2
-        if many:
-            tangent = {name: chunk.reshape(len(v), *shape)
-                       for name, chunk, shape in zip(self.names, v.split(self.sizes, dim=1), self.shapes)}
-        else:
-            tangent = self._unflatten(v)
-        n, bs = self.num_images, self.batch_size
-        out = torch.zeros(v.shape, dtype=self.dtype, device=self.device)
-        for start in range(0, n, bs):
-            x, y = self.images[start:start + bs], self.labels[start:start + bs]
-            if many:
-                hv = torch.func.vmap(lambda t: self._chunk_product(x, y, t))(tangent)  # noqa: B023 - called at once
-            else:
-                hv = self._chunk_product(x, y, tangent)
-            flat = torch.cat([hv[name].reshape(*v.shape[:-1], -1) for name in self.names], dim=-1)
-            out.add_(flat, alpha=len(x) / n)
-        return out
+        if v.dim() == 2:
+            return torch.stack([self._product(row) for row in v])
+        return self._product(v)
 
 
 def hvp_fn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> HessianVectorProduct:
     """The Hessian-vector product ``v ↦ Hv`` of ``L(w) = mean CE(model(images), labels)`` over the
-    trainable parameters of ``model``, on flat vectors (forward-over-reverse with ``torch.func``,
-    chunks of at most ``batch_size`` images weighted by their size). ``model`` is evaluated in its
+    trainable parameters of ``model``, on flat vectors (reverse-over-reverse through the retained graph
+    of the gradient, chunks of at most ``batch_size`` images weighted by their size). ``model`` is evaluated in its
     current mode (call ``eval()`` first for a deterministic network) and never modified."""
     return HessianVectorProduct(model, images, labels, batch_size)
 
@@ -205,8 +210,8 @@ def hessian_trace(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     """Hutchinson's estimate of ``tr(H)``: the mean of ``vᵀHv`` over ``probes`` Rademacher vectors
     ``v`` (entries ±1) drawn one after another from a CPU generator seeded with ``seed``.
 
-    ``probe_batch`` probes are multiplied at once (one ``vmap``; the same probes and, up to
-    floating-point reassociation, the same value whatever ``probe_batch``; memory grows with it).
+    ``probe_batch`` probes are drawn and multiplied per call (the same probes and, up to
+    floating-point reassociation, the same value whatever ``probe_batch``).
     ``model`` may also be a :class:`HessianVectorProduct` (then ``images``, ``labels`` and
     ``batch_size`` are not used).
     """

@@ -32,24 +32,34 @@ class _TiedAttention(torch.autograd.Function):
     With ``P = softmax(S)``, ``S = τ w wᵀ`` and ``O = P w``, the gradient is
     ``∂w = Pᵀ ∂O + τ (∂S + ∂Sᵀ) w`` where ``∂S = P ⊙ (∂P − rowsum(∂P ⊙ P))`` and ``∂P = ∂O wᵀ``:
     three batched products, against four for ``scaled_dot_product_attention`` with ``q``, ``k``
-    and ``v`` treated as different tensors (plus the recomputation of ``S``). Saves ``P`` (N×N per
+    and ``v`` treated as different tensors (plus the recomputation of ``S``). Keeps ``P`` (N×N per
     head) instead of recomputing it; used on CPU without attention dropout (see
-    :func:`tied_attention`). Once differentiable. The softmax backward is torch's private
+    :func:`tied_attention`). Twice differentiable: under ``create_graph=True`` the backward
+    recomputes ``P`` from ``w`` and is built from differentiable ops, so a double backward (e.g.
+    a Hessian-vector product) is exact. The softmax backward is torch's private
     ``torch._softmax_backward_data``.
     """
 
     @staticmethod
     def forward(ctx, w: torch.Tensor, scale: float) -> torch.Tensor:
+        # the input itself is saved (not a contiguous copy made here), so that a double backward
+        # reaches it through the graph
+        ctx.save_for_backward(w)
         w = w.contiguous()
         attn = torch.softmax(torch.matmul(w, w.mT).mul_(scale), dim=-1)
-        ctx.save_for_backward(w, attn)
+        ctx.attn = attn
         ctx.scale = scale
         return torch.matmul(attn, w)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        w, attn = ctx.saved_tensors
+        (w,) = ctx.saved_tensors
+        w, attn = w.contiguous(), ctx.attn
+        if torch.is_grad_enabled():
+            # create_graph=True (a double backward, e.g. reverse-over-reverse Hessian-vector products):
+            # the saved attention was computed without a graph, so recompute it from w; every op below
+            # is differentiable, so the second derivative is exact.
+            attn = torch.softmax(torch.matmul(w, w.mT) * ctx.scale, dim=-1)
         grad = grad.contiguous()
         d_scores = torch._softmax_backward_data(torch.matmul(grad, w.mT), attn, -1, attn.dtype)
         d_scores = d_scores + d_scores.mT
@@ -70,7 +80,7 @@ def tied_attention(w: torch.Tensor, scale: float, dropout: float = 0.0) -> torch
     flash / memory-efficient kernels). Under a ``torch.func`` transform — ``vmap`` (grouped training,
     :mod:`srrlab.train.group`), ``grad`` or ``jvp`` (the Hessian-vector products of
     :mod:`srrlab.measures.curvature`) — the plain softmax and two products, which every transform
-    composes through (the custom function is once-differentiable and has no functorch rule).
+    composes through (the custom function has no functorch rule).
     """
     if torch._C._functorch.is_functorch_wrapped_tensor(w):  # inside a torch.func transform: plain ops
         attn = torch.softmax(torch.matmul(w, w.mT) * scale, dim=-1)

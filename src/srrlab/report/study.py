@@ -230,4 +230,6 @@ def _files_lines(files: Sequence[Path], write_table: bool) -> list[str]:
     return ["## Files", "", table,
             "- `correlation.csv`: the correlation tables (one row per stratum, network reading and measure)",
             "- `within.csv`: τ within each level of each axis (one row per stratum, reading, measure, axis and level)",
+            *(["- `replicates.csv`: SRR and its rival seed by seed, then on all seeds (one row per stratum, reading "
+               "and slice)"] if any(f.name == "replicates.csv" for f in files) else []),
             "- " + ", ".join(f"`{f.name}`" for f in files if f.suffix == ".png") + ": the figures", ""]

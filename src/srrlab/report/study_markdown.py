@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..correlation import GEN_PREFIX, HP_PREFIX
 from ..runs import MEASURABLE_STATUSES
-from .format import fmt, md_escape, md_table, short_error, tau_interval
+from .format import fmt, md_escape, md_table, p_value, short_error, tau_interval
 from .study_common import (
     MAX_LISTED,
     SRR,
@@ -162,7 +162,46 @@ def _reading_lines(rt: ReadingTable) -> list[str]:
         md += ["Runs dropped for a NaN value: " + "; ".join(
             f"`{m}` {int(r['n_dropped'])} of {int(r['n_dropped']) + int(r['n_models'])}"
             for m, r in dropped.iterrows()) + ".", ""]
-    return md + within_lines(rt.flags)
+    return md + within_lines(rt.flags) + replicate_lines(rt)
+
+
+def replicate_lines(rt: ReadingTable) -> list[str]:
+    """The seed-by-seed table of a replicated population (``replicates.csv``) and what it says:
+    whether each seed's verdict is the whole population's, and how much the intervals narrowed."""
+    r = rt.replicates
+    if r is None or r.empty:
+        return []
+    rival = r["rival"].iloc[0]
+    head = ("| models | n | SRR τ | 95% interval | width | p(τ) |"
+            + (f" `{rival}` τ | 95% interval | width | SRR − `{rival}` | paired interval | verdict |" if rival else ""))
+    lines = ["Seed by seed (`replicates.csv`): each seed's models alone, then all of them"
+             + (f"; the rival is the whole population's best other measure, `{md_escape(str(rival))}`" if rival else "")
+             + ".", "", head, "|---|---:|---:|---:|---:|---:|" + ("---:|---:|---:|---:|---:|---|" if rival else "")]
+    for _, x in r.iterrows():
+        cells = [str(x["slice"]), str(int(x["n"])), fmt(x["srr_tau"]), _interval(x["srr_lo"], x["srr_hi"]),
+                 fmt(x["srr_width"]), p_value(x["srr_p"])]
+        if rival:
+            cells += [fmt(x["rival_tau"]), _interval(x["rival_lo"], x["rival_hi"]), fmt(x["rival_width"]),
+                      f"{x['diff']:+.3f}" if np.isfinite(x["diff"]) else "–", _interval(x["diff_lo"], x["diff_hi"], True),
+                      str(x["verdict"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    seeds, whole = r.iloc[:-1], r.iloc[-1]
+    width = float(seeds["srr_width"].mean())
+    text = (f"SRR's interval is {fmt(whole['srr_width'])} wide on all {int(whole['n'])} models against "
+            f"{fmt(width)} on average on one seed's ({fmt(float(seeds['n'].mean()), 1)} models)")
+    if rival:
+        same = int((seeds["verdict"] == whole["verdict"]).sum())
+        text += (f"; the paired interval of SRR − `{md_escape(str(rival))}` is {fmt(whole['diff_hi'] - whole['diff_lo'])} "
+                 f"wide against {fmt(float((seeds['diff_hi'] - seeds['diff_lo']).mean()))}. The whole population's "
+                 f"verdict, *{whole['verdict']}*, is the verdict of {same} of the {len(seeds)} seeds alone "
+                 f"(seed {str(seeds['slice'].iloc[0]).removeprefix('seed ')}: *{seeds['verdict'].iloc[0]}*)")
+    return lines + ["", text + ".", ""]
+
+
+def _interval(lo: float, hi: float, signed: bool = False) -> str:
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "–"
+    return f"[{lo:+.3f}, {hi:+.3f}]" if signed else f"[{fmt(lo)}, {fmt(hi)}]"
 
 
 def side_by_side(st: Stratum) -> str:

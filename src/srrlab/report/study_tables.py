@@ -20,6 +20,7 @@ from ..correlation import GEN_PREFIX, HP_PREFIX, correlation_table
 from ..runs import CORRELATED_STATUSES, MEASURABLE_STATUSES
 from .study_common import SRR, column, strip, value_text
 from .study_readings import Reading, readings_of
+from .study_replicates import REPLICATE_COLUMNS, replicate_column, replicate_rows
 from .study_verdicts import SRRVerdict, srr_verdict
 from .study_within import (
     WITHIN_COLUMNS,
@@ -43,13 +44,15 @@ _BY_LABELS = {"dim": "d"}
 class ReadingTable:
     """One network reading's numbers on one stratum: its correlation table (``None`` with fewer
     than 2 included runs or no measures), the within-level τ (:func:`~srrlab.report.study_within.within_levels`),
-    each measure's Simpson flags and the SRR verdict."""
+    each measure's Simpson flags, the SRR verdict and, for a population replicated over seeds, the
+    verdict seed by seed (:func:`~srrlab.report.study_replicates.replicate_rows`; None otherwise)."""
 
     reading: Reading
     correlation: pd.DataFrame | None = None
     within: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=WITHIN_COLUMNS))
     flags: dict[str, list[SimpsonFlag]] = field(default_factory=dict)
     verdict: SRRVerdict | None = None
+    replicates: pd.DataFrame | None = None
 
 
 @dataclass
@@ -105,10 +108,15 @@ class StudyTables:
     strata: list[Stratum]
     correlation: pd.DataFrame
     within: pd.DataFrame
+    replicates: pd.DataFrame | None = None
 
     def texts(self) -> dict[str, str]:
-        """The exact text of ``correlation.csv`` and ``within.csv``."""
-        return {"correlation.csv": csv_text(self.correlation), "within.csv": csv_text(self.within)}
+        """The exact text of ``correlation.csv`` and ``within.csv``, and of ``replicates.csv`` for a
+        population replicated over seeds."""
+        texts = {"correlation.csv": csv_text(self.correlation), "within.csv": csv_text(self.within)}
+        if self.replicates is not None:
+            texts["replicates.csv"] = csv_text(self.replicates)
+        return texts
 
 
 def reading_table(st: Stratum, reading: Reading, gap: str, *, permutations: int, bootstrap: int, seed: int,
@@ -124,7 +132,11 @@ def reading_table(st: Stratum, reading: Reading, gap: str, *, permutations: int,
     flags = {m: simpson_flags(corr.loc[m], within[within["measure"] == m]) for m in corr.index}
     label = f"{st.title}, {reading.network} network" if named else st.title
     verdict = srr_verdict(corr, rows, gap, bootstrap=bootstrap, seed=seed, label=label, simpson=flags.get(SRR, []))
-    return ReadingTable(reading, corr, within, flags, verdict)
+    replicates = None
+    seeds = replicate_column(rows)
+    if seeds is not None and f"measure.{SRR}" in reading.measures:
+        replicates = replicate_rows(rows, verdict.rival, gap, seeds, **draws)
+    return ReadingTable(reading, corr, within, flags, verdict, replicates)
 
 
 def study_tables(table: pd.DataFrame, *, axes: Sequence[str] | str, gap: str = "gen.gap_ce",
@@ -150,7 +162,7 @@ def study_tables(table: pd.DataFrame, *, axes: Sequence[str] | str, gap: str = "
         st.tables = [reading_table(st, r, gap_col, permutations=permutations, bootstrap=bootstrap, seed=seed,
                                    named=len(readings) > 1) for r in readings]
     return StudyTables(axis_cols, by_cols, gap_col, tuple(included), measured, readings, strata,
-                       _correlation_frame(strata), _within_frame(strata))
+                       _correlation_frame(strata), _within_frame(strata), _replicates_frame(strata))
 
 
 def _correlation_frame(strata: Sequence[Stratum]) -> pd.DataFrame:
@@ -174,6 +186,15 @@ def _within_frame(strata: Sequence[Stratum]) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=WITHIN_KEYS)
     return pd.concat(frames, ignore_index=True)[WITHIN_KEYS]
+
+
+def _replicates_frame(strata: Sequence[Stratum]) -> pd.DataFrame | None:
+    """``replicates.csv``: one row per stratum, reading and seed slice; None without seeds."""
+    frames = [rt.replicates.assign(stratum=st.label, network=rt.reading.network)
+              for st in strata for rt in st.tables if rt.replicates is not None]
+    if not frames:
+        return None
+    return pd.concat(frames, ignore_index=True)[REPLICATE_COLUMNS]
 
 
 @functools.cache

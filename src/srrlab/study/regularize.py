@@ -14,6 +14,7 @@ re-derive from the tidy table alone: :func:`report_regularize` also reads a fold
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,17 +90,18 @@ def report_regularize(directory: str | os.PathLike) -> dict[str, Any]:
 def run_regularize(spec: str | os.PathLike | StudySpec, directory: str | os.PathLike, *, workers: int = 0,
                    scheduler: str | None = None, threads: int | None = None, extend: bool = False,
                    progress: bool | None = None, group: str | None = None,
-                   execution: Execution | None = None) -> dict[str, Any]:
+                   execution: Execution | None = None, reuse: Sequence[str | os.PathLike] = ()) -> dict[str, Any]:
     """Run (or continue) the regularisation experiment ``spec`` in ``directory``, then write its report.
 
-    Same execution options as :func:`srrlab.study.run_study`. Returns the report's dict:
+    Same execution options (and ``reuse``) as :func:`srrlab.study.run_study`. Returns the report's dict:
     ``path`` (``regularize.md``), ``summary`` (one row per dataset/variant/arm), ``sentences``
     (one per variant and regularised arm), ``table`` (the Tables 2/6 layout) and ``runs`` (the
     tidy per-run table).
     """
     spec = load_regularize_spec(spec)
     runs: pd.DataFrame = run_study(spec, directory, workers=workers, scheduler=scheduler, threads=threads,
-                                   extend=extend, progress=progress, group=group, execution=execution)
+                                   extend=extend, progress=progress, group=group, execution=execution,
+                                   reuse=reuse)
     report = _write_report(spec, runs, directory)
     report["runs"] = runs
     return report

@@ -350,7 +350,7 @@ def _environment(spec: StudySpec, plan: Plan, *, trained: int,
 def run_study(spec: StudySpec | str | os.PathLike, directory: str | os.PathLike, *, workers: int = 0,
               scheduler: str | None = None, threads: int | None = None, extend: bool = False,
               progress: bool | None = None, group: str | None = None, train: bool = True,
-              execution: Execution | None = None) -> pd.DataFrame:
+              execution: Execution | None = None, reuse: Sequence[str | os.PathLike] = ()) -> pd.DataFrame:
     """Run (or continue) the study ``spec`` in ``directory`` and return its tidy table.
 
     ``workers=0`` (default) trains in this process, one point after another; ``workers=N``
@@ -371,8 +371,10 @@ def run_study(spec: StudySpec | str | os.PathLike, directory: str | os.PathLike,
     finished, measured rows get only the keys they lack, measured on their stored run folders (one
     task per row, nothing retrained; the progress bar counts these tasks too), merged into their
     stored measures; a row that cannot be measured is left as it is, with a warning. ``train=False``
-    only measures (points still to train stay pending). Every call appends its environment to the
-    store (:meth:`StudyStore.environments`).
+    only measures (points still to train stay pending). ``reuse`` names other studies' folders whose
+    finished runs of the same training settings fill this study's pending points instead of being
+    trained again (:func:`srrlab.study.reuse.reuse_runs`: same measure settings required). Every call
+    appends its environment to the store (:meth:`StudyStore.environments`).
     """
     from .spec import GROUP_MODES
 
@@ -383,6 +385,10 @@ def run_study(spec: StudySpec | str | os.PathLike, directory: str | os.PathLike,
         raise ValueError(f"group must be one of {', '.join(map(repr, GROUP_MODES))}, got {group!r}")
     with StudyStore(directory) as store:
         store.attach(spec, extend=extend)
+        if reuse and train:
+            from .reuse import reuse_runs
+
+            reuse_runs(store, reuse)
         stored = store.spec()
         source = stored.source
         unfinished = store.unfinished()

@@ -138,6 +138,24 @@ class StudyStore:
                 (result["status"], result.get("error"), time.time(), json.dumps(result.get("summary")),
                  json.dumps(result.get("measures")), "\n".join(result.get("warnings") or []) or None, run_id))
 
+    def adopt(self, run_id: str, row: dict[str, Any]) -> None:
+        """Fill the pending row ``run_id`` with another study's finished row ``row`` (as :meth:`rows`
+        returns it: status, error, attempts, started, finished, summary, measures, warnings), in one
+        transaction (:mod:`srrlab.study.reuse`). Refuses a row that is not pending or one that is not final."""
+        if row["status"] not in FINAL:
+            raise ValueError(f"cannot adopt a row with status {row['status']!r}; expected one of {FINAL}")
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            have = self.db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if have is None or have[0] != "pending":
+                raise ValueError(f"grid point {run_id} is {'absent' if have is None else have[0]}: only a pending "
+                                 "row can take another study's result")
+            self.db.execute(
+                "UPDATE runs SET status = ?, error = ?, attempts = ?, started = ?, finished = ?, summary = ?, "
+                "measures = ?, warnings = ? WHERE id = ?",
+                (row["status"], row.get("error"), row.get("attempts") or 0, row.get("started"), row.get("finished"),
+                 row.get("summary"), row.get("measures"), row.get("warnings"), run_id))
+
     def missing_measures(self, keys: list[str]) -> list[tuple[str, dict[str, Any], list[str]]]:
         """``(id, point, keys it lacks)`` of every measured row (:data:`srrlab.runs.MEASURABLE_STATUSES`)
         whose stored measures lack some of the measure ``keys``, in grid order (keys in the given order)."""
