@@ -188,7 +188,7 @@ def replicate_lines(rt: ReadingTable) -> list[str]:
     seeds, whole = r.iloc[:-1], r.iloc[-1]
     width = float(seeds["srr_width"].mean())
     text = (f"SRR's interval is {fmt(whole['srr_width'])} wide on all {int(whole['n'])} models against "
-            f"{fmt(width)} on average on one seed's ({fmt(float(seeds['n'].mean()), 1)} models)")
+            f"{fmt(width)} on average on one seed's ({_count(seeds['n'].mean())} models)")
     if rival:
         same = int((seeds["verdict"] == whole["verdict"]).sum())
         text += (f"; the paired interval of SRR − `{md_escape(str(rival))}` is {fmt(whole['diff_hi'] - whole['diff_lo'])} "
@@ -196,6 +196,10 @@ def replicate_lines(rt: ReadingTable) -> list[str]:
                  f"verdict, *{whole['verdict']}*, is the verdict of {same} of the {len(seeds)} seeds alone "
                  f"(seed {str(seeds['slice'].iloc[0]).removeprefix('seed ')}: *{seeds['verdict'].iloc[0]}*)")
     return lines + ["", text + ".", ""]
+
+
+def _count(mean: float) -> str:
+    return str(int(mean)) if float(mean).is_integer() else fmt(float(mean), 1)
 
 
 def _interval(lo: float, hi: float, signed: bool = False) -> str:
