@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from srrlab.report.paired import (EFFECT_VERDICTS, PairedEffect, detectable_effect, effect_sentence, paired_effect,
-                                  pooled_effect, t_test_power)
+from srrlab.report.paired import (EFFECT_VERDICTS, PairedEffect, detectable_effect, effect_sentence, holm,
+                                  paired_effect, pooled_effect, t_test_power)
 
 REPS = 3000
 
@@ -121,3 +121,25 @@ def test_sentences_say_which_way_and_how_much():
     assert effect_sentence(down, "nats", higher_is_better=False).startswith("improves by 0.50")
     assert down.verdict(higher_is_better=False) == "improves"
     assert effect_sentence(paired_effect([1.0])) == "too few seeds to say (n = 1)"
+
+
+def _naive_holm(p):
+    """Holm's procedure written out: step down through the sorted p-values."""
+    idx = [i for i in range(len(p)) if math.isfinite(p[i])]
+    idx.sort(key=lambda i: p[i])
+    m, out, running = len(idx), [float("nan")] * len(p), 0.0
+    for rank, i in enumerate(idx):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def test_holm_matches_the_procedure_and_controls_the_familywise_error():
+    p = [0.01, 0.04, float("nan"), 0.03, 0.2, 0.005]
+    np.testing.assert_allclose(holm(p), _naive_holm(p), equal_nan=True)
+    assert np.isnan(holm(p)[2]) and holm([])[:0].size == 0 and np.isnan(holm([float("nan")])).all()
+    rng = np.random.default_rng(4)
+    family = rng.uniform(size=(REPS, 10))  # ten true nulls per family
+    any_rejection = np.mean([(holm(row) < 0.05).any() for row in family])
+    assert any_rejection <= 0.05 + 4 * math.sqrt(0.05 * 0.95 / REPS)
+    assert np.mean((family < 0.05).any(axis=1)) > 0.3  # unadjusted, about 1 − 0.95^10 = 0.40

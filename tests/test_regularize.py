@@ -176,6 +176,13 @@ def test_summary_values_and_verdicts():
     assert n["seeds"] == 2 and s.loc[("crate-n", "CE"), "failed"] == 1 and n["verdict"] == "too few seeds"
     assert n["delta_mean"] == pytest.approx(10.0) and n["pairs"] == 1
     assert pd.isna(s.loc[("crate-t", "CE"), "verdict"]) and math.isnan(s.loc[("crate-t", "CE"), "delta_mean"])
+    # Holm over the regularised rows with a p-value (crate-t, crate-c, crate; crate-n has one pair), per metric
+    for col in ("p_value", "ce_p_value"):
+        ps = s[col].dropna().sort_values()
+        m = len(ps)
+        expected = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * ps.to_numpy()))
+        np.testing.assert_allclose(s.loc[ps.index, col.replace("p_value", "p_holm")].to_numpy(), expected)
+    assert s["p_holm"].isna().sum() == len(s) - 3
     pooled = pooled_summary(table, axes=["variant", "arm"], arm_axis="arm")
     (p,) = pooled.itertuples(index=False)
     # crate-n has a pair for seed 0 only (its CE run of seed 1 failed, it has no seed 2): seeds 1 and 2 are left out

@@ -34,7 +34,7 @@ import pandas as pd
 from scipy import optimize, stats
 
 __all__ = ["PairedEffect", "paired_effect", "pooled_effect", "t_test_power", "detectable_effect", "effect_sentence",
-           "EFFECT_VERDICTS"]
+           "holm", "EFFECT_VERDICTS"]
 
 #: Verdicts of a paired effect: the interval lies above 0, below 0, or holds 0; fewer than two pairs.
 EFFECT_VERDICTS = ("improves", "hurts", "no effect detected", "too few seeds")
@@ -160,6 +160,22 @@ def pooled_effect(differences: pd.DataFrame, *, level: float = 0.95, power: floa
         raise ValueError("differences must be a DataFrame with one column per variant and one row per seed")
     complete = differences.dropna(how="any")
     return paired_effect(complete.mean(axis=1).to_numpy(), level=level, power=power), int(len(differences) - len(complete))
+
+
+def holm(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (NaNs kept as NaN, not counted): with the
+    ``m`` finite p-values sorted, ``p̃_(i) = max_{j ≤ i} min(1, (m − j + 1) p_(j))``. Rejecting where
+    ``p̃ < α`` keeps the chance of any false rejection in the family at most ``α``."""
+    p = np.asarray(p_values, dtype=float).ravel()
+    out = np.full_like(p, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    m = finite.size
+    if m == 0:
+        return out
+    order = finite[np.argsort(p[finite], kind="stable")]
+    adjusted = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(adjusted)
+    return out
 
 
 def effect_sentence(effect: PairedEffect, unit: str = "points", *, digits: int = 2, higher_is_better: bool = True) -> str:

@@ -21,7 +21,8 @@ cross-entropy (nats): the mean ``Δ`` with its 95% t-interval, the paired t-test
 smallest effect the design detects with 80% power given the measured spread of ``Δ_s``. The
 verdict is *improves* / *hurts* when the interval lies on one side of 0 and *no effect detected*
 otherwise (then no effect larger than the interval's farther end is left open); with a single
-seed there is no verdict (*too few seeds*). :func:`pooled_summary` pools the variants: for each
+seed there is no verdict (*too few seeds*). ``p_holm`` adjusts each metric's p-values by Holm over
+the table's rows (variants × arms), for a reader who asks whether any of them holds after multiplicity. :func:`pooled_summary` pools the variants: for each
 seed that every variant has, the mean of the variants' differences.
 """
 from __future__ import annotations
@@ -37,7 +38,7 @@ import pandas as pd
 from ..io import atomic_write
 from ..runs import MEASURABLE_STATUSES
 from .format import colour_palette, fence, md_escape, md_table, new_figure, save_png, short_error
-from .paired import EFFECT_VERDICTS, PairedEffect, effect_sentence, paired_effect, pooled_effect
+from .paired import EFFECT_VERDICTS, PairedEffect, effect_sentence, holm, paired_effect, pooled_effect
 
 __all__ = ["arm_label", "regularization_summary", "pooled_summary", "paper_table", "plot_regularization", "verdict_sentences",
            "regularization_tables", "write_regularization_report", "REPORT_TABLES", "VERDICTS", "DATASET_NAMES",
@@ -58,7 +59,8 @@ _USABLE = MEASURABLE_STATUSES
 #: Columns that define an arm (when the spec has no grouped ``arm`` axis) and never define a row.
 _ARM_SETTINGS = ("srr_reg", "srr_layers", "srr_l1")
 #: Columns of the summary other than the extra row axes.
-_EFFECT_COLUMNS = ("delta_mean", "delta_sd", "delta_ci_low", "delta_ci_high", "p_value", "detectable", "verdict")
+_EFFECT_COLUMNS = ("delta_mean", "delta_sd", "delta_ci_low", "delta_ci_high", "p_value", "p_holm", "detectable",
+                   "verdict")
 _SUMMARY_COLUMNS = ("dataset", "variant", "arm", "eta", "baseline", "seeds", "failed", "test_acc_mean", "test_acc_std",
                     "test_acc_min", "test_acc_max", "test_ce_mean", "train_acc_mean", "srr_mean", "pairs", "wins",
                     *_EFFECT_COLUMNS, *(f"ce_{c}" for c in _EFFECT_COLUMNS))
@@ -123,8 +125,16 @@ def _runs_frame(table: pd.DataFrame, axes: Sequence[str], arm_axis: str | None) 
 def _effect_row(effect: PairedEffect, prefix: str, higher_is_better: bool) -> dict[str, Any]:
     e = effect
     return {f"{prefix}delta_mean": e.mean, f"{prefix}delta_sd": e.sd, f"{prefix}delta_ci_low": e.ci_low,
-            f"{prefix}delta_ci_high": e.ci_high, f"{prefix}p_value": e.p_value, f"{prefix}detectable": e.detectable,
-            f"{prefix}verdict": e.verdict(higher_is_better)}
+            f"{prefix}delta_ci_high": e.ci_high, f"{prefix}p_value": e.p_value, f"{prefix}p_holm": np.nan,
+            f"{prefix}detectable": e.detectable, f"{prefix}verdict": e.verdict(higher_is_better)}
+
+
+def _with_holm(frame: pd.DataFrame) -> pd.DataFrame:
+    """Fill ``p_holm`` / ``ce_p_holm``: Holm's adjustment of each metric's p-values over the table's rows."""
+    for prefix, *_ in _METRICS:
+        if f"{prefix}p_value" in frame.columns and len(frame):
+            frame[f"{prefix}p_holm"] = holm(pd.to_numeric(frame[f"{prefix}p_value"], errors="coerce").to_numpy())
+    return frame
 
 
 def _no_effect_row(verdict: str | None) -> dict[str, Any]:
@@ -172,8 +182,9 @@ def regularization_summary(table: pd.DataFrame, *, axes: Sequence[str] = (), arm
     test_acc_max, test_ce_mean, train_acc_mean, [srr_mean,] pairs, wins``, then for test accuracy
     the seed-paired effect against the baseline (``delta_mean, delta_sd, delta_ci_low,
     delta_ci_high, p_value, detectable, verdict``; :mod:`srrlab.report.paired`) and the same for
-    test cross-entropy prefixed ``ce_`` (empty for CE arms). Rows keep the grid's order of
-    variants and arms.
+    test cross-entropy prefixed ``ce_`` (empty for CE arms); ``p_holm`` is ``p_value`` adjusted by
+    Holm over every regularised row of the table (one family per metric). Rows keep the grid's
+    order of variants and arms.
     """
     t = _runs_frame(table, axes, arm_axis)
     has_srr = "measure.srr" in t.columns
@@ -207,7 +218,7 @@ def regularization_summary(table: pd.DataFrame, *, axes: Sequence[str] = (), arm
                         d = delta if column == "acc" else _paired_differences(group, arm, baseline, column)
                         row.update(_effect_row(paired_effect(d.to_numpy()), prefix, higher))
             rows.append(row)
-    return pd.DataFrame(rows)
+    return _with_holm(pd.DataFrame(rows))
 
 
 def pooled_summary(table: pd.DataFrame, *, axes: Sequence[str] = (), arm_axis: str | None = None) -> pd.DataFrame:
@@ -240,7 +251,7 @@ def pooled_summary(table: pd.DataFrame, *, axes: Sequence[str] = (), arm_axis: s
                 row.update(seeds=effect.n, seeds_left_out=left_out, **_effect_row(effect, prefix, higher))
             rows.append(row)
     columns = ["dataset", *extra, *_POOLED_COLUMNS[1:]]
-    return pd.DataFrame(rows, columns=columns)
+    return _with_holm(pd.DataFrame(rows, columns=columns))
 
 
 def _cell(mean: float, std: float) -> str:
@@ -424,7 +435,9 @@ def write_regularization_report(table: pd.DataFrame, out_dir: str | os.PathLike,
               "for test accuracy (points) and test cross-entropy (nats). *Improves* / *hurts* when the interval "
               "excludes 0; otherwise the interval's farther end is the largest effect left open, and the design's "
               "80%-power detectable effect (from the measured spread of Δ) says how small an effect it could have "
-              "found. Pooled: for each seed every variant finished, the mean of the variants' differences.", ""]
+              "found. Pooled: for each seed every variant finished, the mean of the variants' differences. "
+              "`p_holm` in the tables adjusts each metric's p-values by Holm over the table's rows "
+              "(many variants and arms make some p < 0.05 likely by chance).", ""]
     lines += [f"- {md_escape(x)}" for x in sentences] or ["(no regularised arm has finished runs)"]
     lines += [""]
     shown = summary.copy()
