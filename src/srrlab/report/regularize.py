@@ -186,9 +186,12 @@ def regularization_summary(table: pd.DataFrame, *, axes: Sequence[str] = (), arm
     Holm over every regularised row of the table (one family per metric). Rows keep the grid's
     order of variants and arms.
     """
-    t = _runs_frame(table, axes, arm_axis)
+    return _summary(_runs_frame(table, axes, arm_axis), _row_axes(table, axes, arm_axis))
+
+
+def _summary(t: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
+    """:func:`regularization_summary` of the prepared runs frame ``t`` (:func:`_runs_frame`)."""
     has_srr = "measure.srr" in t.columns
-    extra = _row_axes(table, axes, arm_axis)
     keys = ["dataset", "variant", *extra]
     baselines = _baselines(t, keys)
     rows: list[dict[str, Any]] = []
@@ -226,8 +229,11 @@ def pooled_summary(table: pd.DataFrame, *, axes: Sequence[str] = (), arm_axis: s
     regularised arm) of two or more variants, with ``variants``, ``seeds`` (those every variant finished in both arms),
     ``seeds_left_out`` and the effect columns of :func:`regularization_summary`
     (:func:`srrlab.report.paired.pooled_effect`: per seed, the mean of the variants' differences)."""
-    t = _runs_frame(table, axes, arm_axis)
-    extra = _row_axes(table, axes, arm_axis)
+    return _pooled(_runs_frame(table, axes, arm_axis), _row_axes(table, axes, arm_axis))
+
+
+def _pooled(t: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
+    """:func:`pooled_summary` of the prepared runs frame ``t`` (:func:`_runs_frame`)."""
     baselines = _baselines(t, ["dataset", "variant", *extra])
     rows: list[dict[str, Any]] = []
     for key, group in t.groupby(["dataset", *extra], sort=False, dropna=False):
@@ -399,8 +405,8 @@ def regularization_tables(table: pd.DataFrame, *, axes: Sequence[str] = (), arm_
                           ) -> dict[str, str]:
     """``{file name: text}`` of each CSV table :func:`write_regularization_report` writes for ``table``
     (same arguments), byte for byte: what a committed table must equal."""
-    return _table_texts(regularization_summary(table, axes=axes, arm_axis=arm_axis),
-                        pooled_summary(table, axes=axes, arm_axis=arm_axis), _runs_frame(table, axes, arm_axis))
+    t, extra = _runs_frame(table, axes, arm_axis), _row_axes(table, axes, arm_axis)
+    return _table_texts(_summary(t, extra), _pooled(t, extra), t)
 
 
 def write_regularization_report(table: pd.DataFrame, out_dir: str | os.PathLike, *, axes: Sequence[str] = (),
@@ -411,9 +417,8 @@ def write_regularization_report(table: pd.DataFrame, out_dir: str | os.PathLike,
     "pooled", "sentences", "table"}``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = regularization_summary(table, axes=axes, arm_axis=arm_axis)
-    pooled = pooled_summary(table, axes=axes, arm_axis=arm_axis)
-    runs = _runs_frame(table, axes, arm_axis)
+    runs, extra = _runs_frame(table, axes, arm_axis), _row_axes(table, axes, arm_axis)
+    summary, pooled = _summary(runs, extra), _pooled(runs, extra)
     usable = runs[runs["ok"]]
     for name, text in _table_texts(summary, pooled, runs).items():
         atomic_write(out / name, lambda tmp, text=text: Path(tmp).write_bytes(text.encode("utf-8")))
