@@ -211,3 +211,44 @@ def test_an_imported_study_is_reported(exported, tmp_path):
     target = import_study(exported, tmp_path / "copy")
     report = report_study(target, permutations=20, bootstrap=20)
     assert report.path.is_file() and report.path.parent == target
+
+
+def test_an_export_without_weights_imports_reports_and_resumes(study, tmp_path, capsys):
+    """`--no-weights`: results and progress alone; the imported study finishes its pending and
+    interrupted points and keeps its finished ones exactly; what needs weights says so."""
+    from srrlab.study import reuse_runs
+
+    out = tmp_path / "light.tar.gz"
+    assert cli(["study", "export", str(study), str(out), "--no-weights"]) == 0
+    assert "(without weights)" in capsys.readouterr().out
+    manifest = verify_export(out)
+    assert manifest["weights"] is False and manifest["statuses"] == {"done": 2, "pending": 1}
+    assert not [f for f in manifest["files"] if f["path"].endswith(".safetensors")]
+    assert {f["path"].rsplit("/", 1)[-1] for f in manifest["files"] if "/" in f["path"]} == {
+        "config.json", "summary.json", "metrics.jsonl", "layerwise.jsonl"}
+    target = import_study(out, tmp_path / "copy")
+    with StudyStore(study) as original, StudyStore(target) as copy:
+        pd.testing.assert_frame_equal(copy.table(), original.table(), check_exact=True)
+        done = _done_ids(copy.table())
+        [(pending, _, _)] = copy.unfinished()
+        copy.mark_running(pending)  # as a study killed while this point trained, before its first checkpoint
+        before = {r["id"]: r for r in copy.rows() if r["id"] in done}
+    (target / "runs" / pending).mkdir(parents=True)
+    (target / "runs" / pending / "metrics.jsonl").write_text('{"epoch": 0, "half": "written"')
+
+    with pytest.raises(FileNotFoundError, match="exported with --no-weights"):
+        RunFolder(target / "runs" / done[0]).load_model()
+    fresh = StudyStore(tmp_path / "fresh")
+    fresh.attach(StudySpec.from_toml(TOY))
+    assert reuse_runs(fresh, [target])["reused"][0]["rows"] == 0  # nothing without weights is adopted
+    fresh.close()
+
+    spec = tmp_path / "extended.toml"
+    spec.write_text(TOY.replace("seed = [0, 1]", "seed = [0, 1, 2]"))
+    run_study(spec, target, progress=False)
+    with StudyStore(target) as copy:
+        table = copy.table()
+        assert sorted(table["status"]) == ["done"] * 3
+        assert {r["id"]: r for r in copy.rows() if r["id"] in done} == before  # finished points untouched
+    assert RunFolder(target / "runs" / pending).has_weights("final")
+    assert len(read_jsonl(target / "runs" / pending / "metrics.jsonl")) >= 1  # restarted cleanly

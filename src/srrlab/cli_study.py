@@ -69,14 +69,15 @@ def _export_line(manifest: dict[str, Any]) -> str:
     runs = len({f["path"].split("/")[1] for f in manifest["files"] if "/" in f["path"]})
     return (f"study {manifest['study']!r}: {manifest['points']} grid points ("
             + ", ".join(f"{k} {v}" for k, v in manifest["statuses"].items()) + f"), {runs} run folders, "
-            f"{len(manifest['files'])} files, {size / 1e6:.1f} MB; exported {manifest['created']} by srrlab "
+            f"{len(manifest['files'])} files, {size / 1e6:.1f} MB"
+            f"{'' if manifest.get('weights', True) else ' (without weights)'}; exported {manifest['created']} by srrlab "
             f"{manifest['srrlab']}, torch {manifest['torch']}")
 
 
 def cmd_study_export(args: argparse.Namespace) -> int:
     from .study import export_study
 
-    manifest = export_study(args.dir, args.out)
+    manifest = export_study(args.dir, args.out, weights=not args.no_weights)
     print(_export_line(manifest))
     print(f"export  {args.out}")
     print(f"next    copy it to the other machine, then: srrlab study import {args.out} DIR")
@@ -296,6 +297,10 @@ def add_study_commands(sub) -> None:
                                     "size and sha256 (docs/study.md).")
     q.add_argument("dir", metavar="DIR")
     q.add_argument("out", metavar="OUT")
+    q.add_argument("--no-weights", action="store_true",
+                   help="leave every run's weights out: the results and progress alone (a few kB per run), which "
+                        "import, report and resume like a full export; `study measure` and --reuse need the "
+                        "weights (docs/study.md, \"Moving a study\")")
     q.set_defaults(func=cmd_study_export)
     q = ssub.add_parser("import", help="check the export OUT against its manifest and rebuild the study in DIR",
                         description="Check every file of the export OUT (a folder or archive of `srrlab study export`) "

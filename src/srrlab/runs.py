@@ -270,8 +270,8 @@ class RunFolder:
 
         path = self.weights_path(which)
         if not path.exists():
-            raise FileNotFoundError(
-                f"{path} does not exist ({'the run has not finished' if which == 'final' else 'not a run folder'})")
+            why = "the run has not finished" if which == "final" else "not a run folder"
+            raise FileNotFoundError(f"{path} does not exist ({why}, or its study was exported with --no-weights)")
         saved = self.config()
         model = create_model(saved["train"]["model"], **{k: v for k, v in saved["model"].items() if k != "variant"})
         model.load_state_dict(load_weights(path))

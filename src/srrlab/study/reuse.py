@@ -9,7 +9,7 @@ each point) agree in everything but the execution settings (:data:`srrlab.option
 device, compile, eval batch size), and a study's stored measure values can only be taken when both
 studies measure with the same settings (:meth:`StudySpec.effective_measure_settings`); otherwise
 nothing is reused and the error names the settings that differ. Only rows that finished with a
-model (``done`` or ``not-converged``) are taken, each with its run folder (weights, metrics,
+model (``done`` or ``not-converged``) and their final weights are taken, each with its run folder (weights, metrics,
 checkpoint), copied whole before the row is written, so a killed call leaves each point either
 pending or reused. Measures the other study lacks are measured afterwards like any measure added
 to a study. Each call logs what it took, and from where, with the other study's own execution
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..options import EXECUTION_SETTINGS
-from ..runs import MEASURABLE_STATUSES
+from ..runs import MEASURABLE_STATUSES, RunFolder
 from .spec import SpecError, StudySpec
 from .store import DB_NAME, StudyStore
 
@@ -94,8 +94,8 @@ def reuse_runs(store: StudyStore, sources: Sequence[str | os.PathLike]) -> dict[
             if key not in pending:
                 continue
             folder = source / "runs" / row["id"]
-            if not folder.is_dir():
-                continue  # a row without its run folder (e.g. a table-only export) cannot be measured further
+            if not RunFolder(folder).has_weights("final"):
+                continue  # a row without its run folder or weights (an export --no-weights) cannot be measured further
             run_id, _ = pending.pop(key)
             _copy_folder(folder, store.dir / "runs" / run_id)
             store.adopt(run_id, row)

@@ -10,7 +10,14 @@ tar archive when ``OUT`` ends with ``.tar``, ``.tar.gz`` or ``.tgz``)::
                     measures, warnings; the JSON columns as their text): the database, exactly
     runs.csv        the tidy table (``StudyStore.table()``, ``DataFrame.to_csv(index=False)``)
     runs/<id>/      each run folder's results: config.json, summary.json, metrics.jsonl, layerwise.jsonl
-                    (if any), weights_init.safetensors, weights_final.safetensors (no checkpoint/)
+                    (if any), weights_init.safetensors, weights_final.safetensors (no checkpoint/);
+                    ``weights=False`` (``--no-weights``) leaves the two weights files out
+
+An export without weights is a study's results and progress alone (a few kB per run instead of the
+weights' hundreds): it imports, reports and *resumes* like any other (interrupted points restart,
+finished ones stay finished), which is how a long study is carried between sessions that keep no
+disk (docs/study.md, "Moving a study"); only what needs the trained weights, ``srrlab study
+measure`` and ``--reuse`` of its runs, is then impossible, and says so.
 
 ``import_study(OUT, DIR)`` checks every file against the manifest and rebuilds the study folder
 (``study.sqlite`` through :meth:`StudyStore.restore`, the run folders' files copied), so that
@@ -83,10 +90,11 @@ def read_results(directory: str | os.PathLike) -> tuple[StudySpec, pd.DataFrame]
 
 
 # -- export ---------------------------------------------------------------------------------------
-def export_study(directory: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
+def export_study(directory: str | os.PathLike, out: str | os.PathLike, *, weights: bool = True) -> dict[str, Any]:
     """Export the study in ``directory`` into ``out`` (a new folder, or a ``.tar``/``.tar.gz``/``.tgz``
     archive) and return the manifest. Export a study that is not running: a row that changes while
-    its files are copied fails the export."""
+    its files are copied fails the export. ``weights=False`` leaves every run's weights files out
+    (the manifest says ``"weights": false``)."""
     directory, out = Path(directory), Path(out)
     if not (directory / DB_NAME).is_file():
         raise FileNotFoundError(f"{directory} holds no study (no {DB_NAME}); give the --dir of `srrlab study run`")
@@ -95,18 +103,18 @@ def export_study(directory: str | os.PathLike, out: str | os.PathLike) -> dict[s
         before = store.rows()
         meta, table = store.meta(), store.table()
         with _staging(out) as tmp:
-            files = _write_export(directory, tmp, meta, before, table)
+            files = _write_export(directory, tmp, meta, before, table, weights)
             if store.rows() != before:
                 raise ValueError(f"the study in {directory} changed while it was exported; wait until "
                                  "`srrlab study run` has finished (or stop it), then export again")
-            manifest = _manifest(StudySpec.from_toml(meta["spec"]).name, before, files)
+            manifest = _manifest(StudySpec.from_toml(meta["spec"]).name, before, files, weights)
             write_json(tmp / MANIFEST, manifest)
             _publish(tmp, out)
     return manifest
 
 
 def _write_export(directory: Path, tmp: Path, meta: dict[str, str], rows: list[dict[str, Any]],
-                  table: pd.DataFrame) -> dict[str, tuple[int, str]]:
+                  table: pd.DataFrame, weights: bool) -> dict[str, tuple[int, str]]:
     """Write every file of the export into ``tmp``; returns ``{relative path: (size, sha256)}``."""
     meta = dict(meta)
     spec_text = meta.pop("spec")
@@ -118,15 +126,17 @@ def _write_export(directory: Path, tmp: Path, meta: dict[str, str], rows: list[d
     files = {name: _digest(tmp / name) for name in _TOP_FILES}
     for row in rows:
         source = run_folder(directory, row["id"])
-        for name in _result_files(source):
+        for name in _result_files(source, weights):
             rel = _relative(row["id"], name)
             files[rel] = _copy(source / name, tmp / rel)
     return files
 
 
-def _result_files(folder: Path) -> list[str]:
-    """The names of the run folder's result files that exist (RunFolder's names; never the checkpoint)."""
-    return [n for n in RunFolder.RESULT_FILES if (folder / n).is_file()]
+def _result_files(folder: Path, weights: bool = True) -> list[str]:
+    """The names of the run folder's result files that exist (RunFolder's names; never the checkpoint;
+    the weights files only when ``weights``)."""
+    skip = () if weights else tuple(RunFolder.WEIGHTS.values())
+    return [n for n in RunFolder.RESULT_FILES if n not in skip and (folder / n).is_file()]
 
 
 def _relative(run_id: str, name: str) -> str:
@@ -134,7 +144,8 @@ def _relative(run_id: str, name: str) -> str:
     return (run_folder(PurePosixPath(), run_id) / name).as_posix()
 
 
-def _manifest(name: str, rows: list[dict[str, Any]], files: dict[str, tuple[int, str]]) -> dict[str, Any]:
+def _manifest(name: str, rows: list[dict[str, Any]], files: dict[str, tuple[int, str]],
+              weights: bool) -> dict[str, Any]:
     import torch
 
     from .. import __version__
@@ -145,7 +156,7 @@ def _manifest(name: str, rows: list[dict[str, Any]], files: dict[str, tuple[int,
     return {"format": EXPORT_FORMAT, "format_version": FORMAT_VERSION, "study": name,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "srrlab": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "points": len(rows), "statuses": dict(sorted(counts.items())),
+            "points": len(rows), "statuses": dict(sorted(counts.items())), "weights": weights,
             "files": [{"path": p, "size": size, "sha256": sha} for p, (size, sha) in sorted(files.items())]}
 
 
