@@ -20,8 +20,8 @@ CARRY=studies/in-progress
 # name | command | preset (the order is the order of the runs)
 POPULATIONS=(
   "reg-seeds|regularize|seeds"
-  "reg-fmnist-seeds|regularize|fmnist-seeds"
   "demo-seeds|study|demo-seeds"
+  "reg-fmnist-seeds|regularize|fmnist-seeds"
   "replicate-seeds|study|replicate-seeds"
 )
 
