@@ -17,12 +17,13 @@ SRRLAB=${SRRLAB:-.venv/bin/srrlab}
 RUNS=${RUNS:-runs}
 WORKERS=${WORKERS:-2}
 CARRY=studies/in-progress
-# name | command | preset (the order is the order of the runs)
+# name | command | preset | published as docs/results/<this> (the order is the order of the runs;
+# a population already published there is skipped)
 POPULATIONS=(
-  "reg-seeds|regularize|seeds"
-  "demo-seeds|study|demo-seeds"
-  "reg-fmnist-seeds|regularize|fmnist-seeds"
-  "replicate-seeds|study|replicate-seeds"
+  "reg-seeds|regularize|seeds|regularize-seeds"
+  "demo-seeds|study|demo-seeds|demo-seeds"
+  "reg-fmnist-seeds|regularize|fmnist-seeds|regularize-fmnist-seeds"
+  "replicate-seeds|study|replicate-seeds|replicate-seeds"
 )
 
 counts() {  # points per status of a study folder
@@ -33,8 +34,12 @@ counts() {  # points per status of a study folder
 run() {
   mkdir -p "$RUNS"
   for entry in "${POPULATIONS[@]}"; do
-    IFS="|" read -r name cmd preset <<<"$entry"
+    IFS="|" read -r name cmd preset published <<<"$entry"
     dir="$RUNS/$name"
+    if [ -f "docs/results/$published/runs.csv" ]; then
+      echo "$name: published in docs/results/$published/, skipped"
+      continue
+    fi
     if [ ! -e "$dir/study.sqlite" ] && [ -f "$CARRY/$name.tar.gz" ]; then
       "$SRRLAB" study import "$CARRY/$name.tar.gz" "$dir"
     fi
@@ -53,9 +58,10 @@ run() {
 save() {
   mkdir -p "$CARRY"
   for entry in "${POPULATIONS[@]}"; do
-    IFS="|" read -r name _ _ <<<"$entry"
+    IFS="|" read -r name _ _ published <<<"$entry"
     dir="$RUNS/$name"
     [ -e "$dir/study.sqlite" ] || continue
+    [ -f "docs/results/$published/runs.csv" ] && { rm -f "$CARRY/$name.tar.gz"; continue; }  # done: publish, not carry
     rm -f "$CARRY/.$name.tar.gz"  # export refuses to overwrite: write beside, then replace
     "$SRRLAB" study export "$dir" "$CARRY/.$name.tar.gz" --no-weights
     mv "$CARRY/.$name.tar.gz" "$CARRY/$name.tar.gz"
@@ -67,8 +73,9 @@ case "${1:-}" in
   save) save ;;
   status)
     for entry in "${POPULATIONS[@]}"; do
-      IFS="|" read -r name _ _ <<<"$entry"
-      echo "$name: $(counts "$RUNS/$name")"
+      IFS="|" read -r name _ _ published <<<"$entry"
+      if [ -f "docs/results/$published/runs.csv" ]; then echo "$name: published (docs/results/$published/)"
+      else echo "$name: $(counts "$RUNS/$name")"; fi
     done ;;
   *) echo "usage: $0 run|save|status" >&2; exit 2 ;;
 esac
