@@ -80,10 +80,11 @@ def _models(folder: Path) -> int:
 
 
 def _full(folder):
-    if folder == "synthetic" or FULL or _models(folder) <= LARGE:
+    runs = 0 if folder == "synthetic" or FULL else _models(folder)
+    if runs <= LARGE:
         return folder
     return pytest.param(folder, marks=pytest.mark.skip(
-        reason=f"{_models(folder)} runs: the full re-derivation takes minutes; set SRRLAB_FULL_REDERIVE=1"))
+        reason=f"{runs} runs: the full re-derivation takes minutes; set SRRLAB_FULL_REDERIVE=1"))
 
 
 @pytest.mark.parametrize("folder", [_full(f) for f in [*COMMITTED, "synthetic"]], ids=lambda p: getattr(p, "name", p))
