@@ -26,6 +26,8 @@ POPULATIONS=(
   "replicate-seeds|study|replicate-seeds|replicate-seeds"
 )
 
+published() { [ -f "docs/results/$1/runs.csv" ]; }  # a population committed under docs/results/<$1>/
+
 counts() {  # points per status of a study folder
   [ -e "$1/study.sqlite" ] || { echo "not started"; return; }
   "$(dirname "$SRRLAB")/python" -c "import sys; from srrlab.study import StudyStore; print(StudyStore(sys.argv[1]).counts())" "$1"
@@ -36,7 +38,7 @@ run() {
   for entry in "${POPULATIONS[@]}"; do
     IFS="|" read -r name cmd preset published <<<"$entry"
     dir="$RUNS/$name"
-    if [ -f "docs/results/$published/runs.csv" ]; then
+    if published "$published"; then
       echo "$name: published in docs/results/$published/, skipped"
       continue
     fi
@@ -60,8 +62,8 @@ save() {
   for entry in "${POPULATIONS[@]}"; do
     IFS="|" read -r name _ _ published <<<"$entry"
     dir="$RUNS/$name"
+    published "$published" && { rm -f "$CARRY/$name.tar.gz"; continue; }  # done: publish, not carry
     [ -e "$dir/study.sqlite" ] || continue
-    [ -f "docs/results/$published/runs.csv" ] && { rm -f "$CARRY/$name.tar.gz"; continue; }  # done: publish, not carry
     rm -f "$CARRY/.$name.tar.gz"  # export refuses to overwrite: write beside, then replace
     "$SRRLAB" study export "$dir" "$CARRY/.$name.tar.gz" --no-weights
     mv "$CARRY/.$name.tar.gz" "$CARRY/$name.tar.gz"
@@ -74,7 +76,7 @@ case "${1:-}" in
   status)
     for entry in "${POPULATIONS[@]}"; do
       IFS="|" read -r name _ _ published <<<"$entry"
-      if [ -f "docs/results/$published/runs.csv" ]; then echo "$name: published (docs/results/$published/)"
+      if published "$published"; then echo "$name: published (docs/results/$published/)"
       else echo "$name: $(counts "$RUNS/$name")"; fi
     done ;;
   *) echo "usage: $0 run|save|status" >&2; exit 2 ;;
